@@ -1,0 +1,1 @@
+"""bnexp: batch-normalization experiment tracker."""

@@ -1,0 +1,128 @@
+"""The three model families, built as flat ``nn.Sequential`` stacks with named norm sites.
+
+Every affine/conv layer that feeds an activation is followed by a *norm site* (``norm1``,
+``norm2``, ...): BatchNorm1d after linear layers, BatchNorm2d after convolutions, or
+``nn.Identity`` for ``norm=none`` so the trainer can log the same pre-activations either way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from bnexp.errors import BnexpError
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+class NormNet(nn.Sequential):
+    """A sequential model that knows the names of its norm sites."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]"):
+        super().__init__(layers)
+        self.norm_sites = [name for name in layers if name.startswith("norm")]
+
+
+def make_norm(kind: str, spatial: bool, num_features: int, eps: float, momentum: float | None) -> nn.Module:
+    """BatchNorm2d after convolutions, BatchNorm1d after linear layers, or an identity site."""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "builtin":
+        from torch.nn import BatchNorm1d, BatchNorm2d
+    elif kind == "custom":
+        from bnexp.norm import BatchNorm1d, BatchNorm2d
+    else:
+        raise BnexpError(f"norm={kind}: valid values are none, custom, builtin")
+    cls = BatchNorm2d if spatial else BatchNorm1d
+    return cls(num_features, eps=eps, momentum=momentum)
+
+
+class _Builder:
+    """Appends ``layer -> norm -> activation`` blocks with numbered names."""
+
+    def __init__(self, model_cfg, norm_cfg):
+        self.layers: OrderedDict[str, nn.Module] = OrderedDict()
+        self.model_cfg, self.norm_cfg = model_cfg, norm_cfg
+        self.count: dict[str, int] = {}
+
+    def add(self, kind: str, module: nn.Module) -> None:
+        self.count[kind] = self.count.get(kind, 0) + 1
+        self.layers[f"{kind}{self.count[kind]}"] = module
+
+    def block(self, kind: str, layer: nn.Module, features: int) -> None:
+        self.add(kind, layer)
+        n = self.norm_cfg
+        self.add("norm", make_norm(n.kind, kind == "conv", features, n.eps, n.momentum))
+        self.add("act", _ACTIVATIONS[self.model_cfg.activation]())
+
+
+def _conv_stack(b: _Builder, in_channels: int, size: tuple[int, int], specs, pool: type[nn.Module]) -> tuple[int, int]:
+    """Add conv blocks from ``(out_channels, kernel, padding)`` specs, each followed by 2x2 pooling."""
+    h, w = size
+    channels = in_channels
+    for out_channels, kernel, padding in specs:
+        b.block("conv", nn.Conv2d(channels, out_channels, kernel, padding=padding), out_channels)
+        b.add("pool", pool(kernel_size=2, stride=2))
+        h, w = (h + 2 * padding - kernel + 1) // 2, (w + 2 * padding - kernel + 1) // 2
+        channels = out_channels
+        if h < 1 or w < 1:
+            raise BnexpError(
+                f"model={b.model_cfg.name}: images of {size[0]}x{size[1]} are too small for its conv stack; "
+                "use a larger dataset.image_size or model=mlp"
+            )
+    b.add("flatten", nn.Flatten())
+    return channels * h * w, channels
+
+
+def build_model(model_cfg, norm_cfg, in_channels: int, image_size: tuple[int, int], num_classes: int) -> NormNet:
+    """Build ``model_cfg.name`` for inputs of shape ``(N, in_channels, *image_size)``."""
+    b = _Builder(model_cfg, norm_cfg)
+    name = model_cfg.name
+    if name == "mlp":
+        b.add("flatten", nn.Flatten())
+        features = in_channels * image_size[0] * image_size[1]
+    elif name == "lenet":
+        c1, c2 = model_cfg.channels
+        features, _ = _conv_stack(b, in_channels, image_size, [(c1, 5, 2), (c2, 5, 0)], nn.AvgPool2d)
+    elif name == "convnet":
+        c1, c2 = model_cfg.channels
+        features, _ = _conv_stack(b, in_channels, image_size, [(c1, 3, 1), (c2, 5, 0)], nn.MaxPool2d)
+    else:
+        raise BnexpError(f"model={name}: valid values are mlp, lenet, convnet")
+    for hidden in model_cfg.hidden_sizes:
+        b.block("fc", nn.Linear(features, hidden), hidden)
+        features = hidden
+    b.add("fc", nn.Linear(features, num_classes))
+    model = NormNet(b.layers)
+    _initialize(model, model_cfg.init, model_cfg.init_std)
+    return model
+
+
+def _initialize(model: nn.Module, scheme: str, std: float) -> None:
+    """Re-initialize linear/conv weights (``default`` keeps torch's own initialization)."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if scheme == "xavier_uniform":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+
+
+def norm_layers(model: NormNet) -> list[tuple[str, nn.Module]]:
+    """``(site name, module)`` for every norm site, identities included."""
+    return [(name, getattr(model, name)) for name in model.norm_sites]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+

@@ -1,0 +1,1 @@
+"""bnexp's Hydra config tree, installed as the package ``bnexp.conf``."""
