@@ -56,7 +56,7 @@ def error_line(message: str) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text("error: ", style="bold red") + Text(message.strip()))
+    Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(message.strip()))
 
 
 def main() -> None:

@@ -56,6 +56,20 @@ class DeviceConfig:
     type: str = "auto"
 
 
+def register_schemas() -> None:
+    """Put the group schemas in Hydra's ConfigStore as ``schema/<group>``: each group's YAML
+    extends its schema, so any schema key can be overridden (``norm.momentum=0.01`` even with
+    ``norm=none``) and Hydra type-checks the value while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    from bnexp.data import DatasetConfig
+
+    store = ConfigStore.instance()
+    for group, node in (("model", ModelConfig), ("norm", NormConfig), ("optimizer", OptimizerConfig),
+                        ("device", DeviceConfig), ("dataset", DatasetConfig)):
+        store.store(group="schema", name=group, node=node)
+
+
 def _root_schema() -> Any:
     """The run schema; the dataset part is owned by :mod:`bnexp.data`."""
     from bnexp.data import DatasetConfig
@@ -117,6 +131,11 @@ def _hydra_error(exc: Exception, overrides: list[str]) -> BnexpError:
         return BnexpError(_one_line(exc))
     if isinstance(exc, OverrideParseException):
         return BnexpError(f"malformed override: {_one_line(exc)} (expected key=value, e.g. model=lenet)")
+    from omegaconf.errors import ValidationError
+
+    if isinstance(exc.__cause__, ValidationError):
+        cause = exc.__cause__
+        return BnexpError(f"{cause.full_key}={cause.value!r}: expected {_expected(cause)}")
     message = _one_line(exc)
     match = re.search(r"Could not override '([^']+)'", message) or re.search(
         r"Key '([^']+)' (?:is not in struct|not in)", message
@@ -144,6 +163,7 @@ def compose(overrides: list[str]) -> DictConfig:
         if "=" not in item and not item.startswith("~"):
             raise BnexpError(f"malformed override '{item}': expected key=value (e.g. model=lenet)")
     GlobalHydra.instance().clear()
+    register_schemas()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=list(overrides))
@@ -168,18 +188,17 @@ def check_schema(cfg: DictConfig) -> DictConfig:
             f"{', '.join(_valid_keys(parent))}"
         ) from exc
     except ValidationError as exc:
-        expected = getattr(exc, "ref_type", None) or "the schema's type"
-        raise BnexpError(f"{exc.full_key}={exc.value!r}: expected {_type_name(expected)}") from exc
+        raise BnexpError(f"{exc.full_key}={exc.value!r}: expected {_expected(exc)}") from exc
     OmegaConf.set_struct(merged, True)
     return merged
 
 
-def _type_name(ref: Any) -> str:
-    text = str(ref)
-    for py, word in (("int", "an integer"), ("float", "a number"), ("bool", "true or false"), ("str", "a string")):
-        if py in text:
-            return word
-    return text
+def _expected(exc: Exception) -> str:
+    """'an integer', 'a number', ... from OmegaConf's "could not be converted to Integer" message."""
+    match = re.search(r"(?:converted to|is not a valid) (\w+)", str(exc))
+    words = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+             "String": "a string"}
+    return words.get(match.group(1), match.group(1)) if match else _one_line(exc).split(" full_key")[0]
 
 
 def _require(ok: bool, message: str) -> None:
