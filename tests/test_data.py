@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from bnexp.data import LOADERS, DatasetConfig, load_dataset
 from bnexp.errors import BnexpError
-from conftest import SHARED_MNIST_T10K, write_idx
+from conftest import REPO, SHARED_MNIST_T10K, write_idx
 
 CPU = torch.device("cpu")
 
@@ -113,6 +113,7 @@ def test_every_dataset_has_a_yaml_matching_the_schema():
     for path in conf_dir.glob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path.name} needs a description comment"
         node = OmegaConf.load(path)
+        assert list(node.pop("defaults")) == ["/schema/dataset@_here_", "_self_"]  # typed by the schema
         assert node.name == path.stem
         assert node.limit_train is None and node.limit_val is None
         OmegaConf.merge(schema, node)  # raises on unknown keys or wrong types

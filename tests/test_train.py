@@ -59,7 +59,8 @@ def test_lenet_custom_run_writes_everything(bnexp):
                 f"running_mean/{site}", f"running_var/{site}"} <= histograms
     assert [e.step for e in acc.Histograms("gamma/norm1")] == [1, 4, 8]
     hparams = acc.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams.keys()
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams.keys()
+    assert "_hparams_/experiment" not in hparams  # the table's columns: one per sweep / dashboard (bnexp.dashboard)
     assert not [p for p in run.iterdir() if p.is_dir()], "HParams must not create a sub-run"
     norm_params = json.loads((run / "norm_params.json").read_text())
     assert len(norm_params["norm3"]["gamma"]) == 120

@@ -18,6 +18,10 @@ def groups_epilog() -> str:
     for group in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         options = sorted(p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
         lines.append(f"  [cyan]{group}[/cyan]: {', '.join(options)}")
+    presets = experiment_presets(root)
+    if presets:
+        lines += ["", "[bold]Experiment presets[/bold] (experiment=NAME, with any norm=none|custom|builtin):", ""]
+        lines += [f"  [cyan]{name}[/cyan]: {summary}" for name, summary in presets]
     lines += ["", "Trainer keys: epochs, max_steps, batch_size, eval_batch_size, seed, threads, log_every_steps, "
               "hist_every_steps, log_channels, checkpoint, output_dir, name, resume.",
               "", "Examples: bnexp train model=lenet norm=custom optimizer.lr=0.5 epochs=3",
@@ -25,6 +29,19 @@ def groups_epilog() -> str:
               "          bnexp train resume=20261122-181503-lenet-custom-3fa2",
               "          bnexp train --cfg model=lenet   (print the composed config)"]
     return "\n\n".join(["\n".join(lines)])
+
+
+def experiment_presets(root) -> list[tuple[str, str]]:
+    """``(name, first comment line)`` of each ``experiment/*.yaml`` (the ``# @package`` header skipped)."""
+    folder = root.joinpath("experiment")
+    if not folder.is_dir():
+        return []
+    presets = []
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name):
+        comments = [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+        summary = next((c for c in comments if c and not c.startswith("@")), "")
+        presets.append((path.name[:-5], summary.replace("[", "\\[")))
+    return presets
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:

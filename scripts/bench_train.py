@@ -1,0 +1,519 @@
+#!/usr/bin/env python
+"""Training throughput of bnexp's trainer against the course notes' loop and a bare loop.
+
+Trains the same model (LeNet + torch BatchNorm by default) with the same optimizer (the sgd
+config), seed and batch size on the same data (the 8,000-image train split of MNIST t10k read with
+``dataset=idx``) in one process, and reports training examples/s of five variants:
+
+    course       the course notes' loop: a torchvision-style Dataset whose ``__getitem__`` builds a
+                 PIL image and applies ``Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])``,
+                 ``DataLoader(batch_size, shuffle=True, num_workers=0)``, ``loss.item()`` every step
+    bare         the same model over pre-normalized, pre-batched tensors in a list: no shuffling,
+                 metrics or logging; the upper bound
+    bnexp        ``bnexp.train.train(cfg, [], run_dir=tmp, progress=False)``: scalars every
+                 ``log_every_steps`` (10), histograms off
+    bnexp-quiet  the trainer without step logging (``log_every_steps`` 1e9, ``hist_every_steps`` 0)
+    bnexp-full   the trainer with full logging at the config defaults: scalars every 10 steps and
+                 histograms (+ per-channel gamma/beta scalars, percentile records) every 50 steps
+
+What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
+last optimizer step (device synchronized), after a warm-up (the trainer's first epoch; 20 batches
+of the course and bare loops). Setup, evaluation and checkpoints are not timed. The trainer's epochs
+are timed by wrapping its epoch function for the length of the call; its own ``examples_per_s``
+agrees with that wall clock (kept in --json as a cross-check).
+
+Two clocks, both always shown: wall-clock and process CPU time (all threads). On a shared CPU
+machine the CPU-time clock with one torch thread is the steadier measure of the work and is the
+default for ratios there (--clock); on a GPU it is the wall clock.
+
+Timings on a shared machine are noisy, so the variants run interleaved: each repeat runs every
+variant once (a fresh model), in an order that rotates between repeats. Throughputs are medians
+over all timed epochs; ratios are medians of the per-repeat ratios, with their min..max. The
+logging overhead is given twice: end to end (1 - full/quiet throughput, between runs, noisy) and
+directly (time inside the trainer's logging calls / epoch time, within the same epochs).
+
+    .venv/bin/python scripts/bench_train.py                 # ~3 min on 2 busy CPU cores
+    .venv/bin/python scripts/bench_train.py --quick         # one repeat, one timed epoch (~1 min)
+    .venv/bin/python scripts/bench_train.py --device cuda --batch-size 64 256 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+try:  # what torchvision's MNIST.__getitem__ calls (Image.fromarray minus Pillow's deprecation warning)
+    from torchvision.utils import _Image_fromarray
+except ImportError:  # older torchvision
+    from PIL import Image
+
+    def _Image_fromarray(array, mode):
+        return Image.fromarray(array, mode=mode)
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-t10k"
+QUIET_LOG_EVERY = 10**9  # "never" for log_every_steps (it must be >= 1)
+WARMUP_BATCHES = 20  # warm-up of the course and bare loops (the trainer's warm-up is its whole first epoch)
+VARIANTS = ("course", "bare", "bnexp", "bnexp-quiet", "bnexp-full")
+
+# Course-notes normalization constants (MNIST train-set mean/std), as in torchvision's examples.
+NOTES_MEAN, NOTES_STD = (0.1307,), (0.3081,)
+
+TARGETS = {  # check -> (numerator variant, denominator variant, kind, target)
+    "bnexp vs course": ("bnexp", "course", "ratio>=", 2.0),
+    "bnexp vs bare": ("bnexp", "bare", "ratio>=", 0.9),
+    "logging overhead (full)": ("bnexp-full", "bnexp-quiet", "overhead<=", 0.03),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Targets: bnexp >= 2x course, bnexp >= 0.9x bare, full logging <= 3%%.")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help=f"directory holding the MNIST t10k IDX files (default: {DEFAULT_DATA})")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64], metavar="B",
+                   help="one or more batch sizes, each benchmarked separately (default: 64)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants (default: 3)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per variant and repeat (default: 2)")
+    p.add_argument("--quick", action="store_true", help="short run: 1 repeat, 1 timed epoch")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: 1; 0: torch's default). On a shared machine more threads "
+                        "than idle cores make every step wait at OpenMP barriers: 5-20x slower and erratic")
+    p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                   help="clock of the ratios and targets (default auto: cpu time on --device cpu with 1 thread, "
+                        "wall otherwise); both clocks are always shown")
+    p.add_argument("--model", default="lenet", help="bnexp model option (default: lenet)")
+    p.add_argument("--norm", default="builtin", help="bnexp norm option (default: builtin = torch.nn.BatchNorm)")
+    p.add_argument("--log-every", type=int, default=10, help="log_every_steps of bnexp, bnexp-full (default: 10)")
+    p.add_argument("--hist-every", type=int, default=50, help="hist_every_steps of bnexp-full (default: 50)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers of the course loop "
+                                                          "(default: 0, as in the notes)")
+    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, metavar="NAME",
+                   help=f"run only these variants ({', '.join(VARIANTS)})")
+    p.add_argument("--json", type=Path, default=None, help="also write settings, checks and every epoch's "
+                                                           "timings to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.epochs = 1, 1
+    if args.repeats < 1 or args.epochs < 1 or min(args.batch_size) < 2 or args.threads < 0 or args.workers < 0:
+        p.error("--repeats and --epochs must be >= 1, every --batch-size >= 2, --threads and --workers >= 0")
+    if args.log_every < 1 or args.hist_every < 1:
+        p.error("--log-every and --hist-every must be >= 1")
+    return args
+
+
+def check_data(data: Path) -> Path:
+    """The data directory, resolved; exits with a one-line message when the files are not there."""
+    data = data.expanduser().resolve()
+    wanted = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    missing = [w for w in wanted if not ((data / w).is_file() or (data / f"{w}.gz").is_file())]
+    if missing:
+        where = "does not exist" if not data.is_dir() else f"lacks {', '.join(m + '[.gz]' for m in missing)}"
+        sys.exit(f"bench_train: MNIST t10k data not found: {data} {where}. The benchmark needs the official "
+                 f"MNIST test set (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); pass --data DIR.")
+    return data
+
+
+# --- the variants --------------------------------------------------------------------------------
+
+
+@dataclass
+class Epoch:
+    """One timed training epoch: examples trained, wall-clock and process CPU seconds."""
+
+    examples: int
+    wall_s: float
+    cpu_s: float
+    reported: Optional[float] = None  # the trainer's own examples_per_s for this epoch (bnexp variants)
+    log_wall_s: float = 0.0  # time inside the trainer's logging calls (bnexp variants)
+    log_cpu_s: float = 0.0
+
+    def rate(self, clock: str) -> float:
+        return self.examples / max(self.wall_s if clock == "wall" else self.cpu_s, 1e-9)
+
+    def log_share(self, clock: str) -> float:
+        return self.log_wall_s / self.wall_s if clock == "wall" else self.log_cpu_s / self.cpu_s
+
+
+@dataclass
+class Variant:
+    name: str
+    what: str
+    repeats: list[list[Epoch]] = field(default_factory=list)  # per repeat: its timed epochs
+
+    def rates(self, clock: str) -> list[float]:
+        return [e.rate(clock) for rep in self.repeats for e in rep]
+
+    def repeat_rate(self, i: int, clock: str) -> float:
+        return statistics.median(e.rate(clock) for e in self.repeats[i])
+
+    def log_share(self, clock: str) -> float:
+        """Median over timed epochs of the share of epoch time spent inside logging calls."""
+        return statistics.median(e.log_share(clock) for rep in self.repeats for e in rep)
+
+
+class Stopwatch:
+    """Wall-clock and CPU time (all threads of this process) of one epoch, the device synchronized."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        sync(self.device)
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fresh_model(cfg, data, device):
+    """The model and optimizer bnexp's trainer builds for ``cfg`` (same seed, same initial weights)."""
+    from bnexp.models import build_model
+    from bnexp.train import make_optimizer
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
+    return model, make_optimizer(cfg.optimizer, model.parameters())
+
+
+class NotesMNIST(Dataset):
+    """The course notes' dataset: torchvision's ``MNIST.__getitem__`` over in-memory uint8 images."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform):
+        self.data, self.targets, self.transform = images, targets, transform  # (N, H, W) uint8, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        img, target = self.data[index], int(self.targets[index])
+        img = _Image_fromarray(img.numpy(), mode="L")  # a PIL image, as torchvision's MNIST makes it
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def run_course(cfg, data, device, epochs: int, workers: int) -> list[Epoch]:
+    """The course notes' loop, verbatim in spirit: per-sample transforms, DataLoader, loss.item()."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(NOTES_MEAN, NOTES_STD)])
+    dataset = NotesMNIST(data.train_x[:, 0].cpu(), data.train_y.cpu(), transform)
+    # a last batch of one example would make BatchNorm fail in training mode; the trainer drops it too
+    drop_last = len(dataset) % cfg.batch_size == 1
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=drop_last)
+    model, optimizer = fresh_model(cfg, data, device)
+    timed = []
+    for epoch in range(1 + epochs):
+        with Stopwatch(device) as clock:
+            model.train()
+            running_loss, seen = 0.0, 0
+            for i, (x, y) in enumerate(loader):
+                if epoch == 0 and i == WARMUP_BATCHES:
+                    break
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                running_loss += loss.item() * len(y)
+                seen += len(y)
+        if epoch > 0:
+            timed.append(Epoch(seen, clock.wall, clock.cpu))
+    return timed
+
+
+def run_bare(cfg, data, device, epochs: int) -> list[Epoch]:
+    """The upper bound: the same steps over a fixed list of normalized batches, nothing else."""
+    x_all = data.normalize(data.train_x.to(device))
+    y_all = data.train_y.to(device)
+    batches = list(zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)))
+    if len(batches[-1][1]) < 2:
+        batches.pop()
+    seen = sum(len(y) for _, y in batches)
+    model, optimizer = fresh_model(cfg, data, device)
+    model.train()
+    timed = []
+    for epoch in range(1 + epochs):
+        with Stopwatch(device) as clock:
+            for x, y in batches[:WARMUP_BATCHES] if epoch == 0 else batches:
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+        if epoch > 0:
+            timed.append(Epoch(seen, clock.wall, clock.cpu))
+    return timed
+
+
+def run_bnexp(cfg, data, epochs: int) -> list[Epoch]:
+    """``bnexp.train.train`` for 1 + epochs epochs, timed from outside by wrapping (for the length of
+    the call) its epoch function ``_train_epoch``: evaluation, checkpoints and setup fall outside.
+    The trainer's logging entry points are wrapped too, to attribute the time spent inside them
+    (a direct, load-insensitive estimate of the logging overhead: numerator and denominator come
+    from the same epoch). The trainer's own ``examples_per_s`` is kept as a cross-check."""
+    from omegaconf import OmegaConf
+
+    import bnexp.telemetry as telemetry
+    import bnexp.train as trainer
+
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, True)
+    cfg.epochs = 1 + epochs
+    device = data.train_x.device
+    epochs_timed: list[tuple[Stopwatch, float, float]] = []
+    state = {"in_epoch": False, "depth": 0, "wall": 0.0, "cpu": 0.0}
+
+    def timed_epoch(*args, **kwargs):
+        state.update(in_epoch=True, wall=0.0, cpu=0.0)
+        try:
+            with Stopwatch(device) as clock:
+                originals["_train_epoch"](*args, **kwargs)
+        finally:
+            state["in_epoch"] = False
+        epochs_timed.append((clock, state["wall"], state["cpu"]))
+
+    def timed_logging(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if not state["in_epoch"] or state["depth"]:  # outside epochs, or nested (Run.log inside log_histograms)
+                return fn(*args, **kwargs)
+            state["depth"] += 1
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                state["depth"] -= 1
+                state["wall"] += time.perf_counter() - wall
+                state["cpu"] += time.process_time() - cpu
+        return wrapper
+
+    patches = [(trainer, "_train_epoch", lambda fn: timed_epoch), (telemetry.Telemetry, "log_histograms", timed_logging),
+               (telemetry.Telemetry, "log_train", timed_logging), (trainer.Run, "log", timed_logging)]
+    originals = {name: getattr(owner, name) for owner, name, _ in patches if hasattr(owner, name)}
+    try:
+        for owner, name, wrap in patches:
+            if name in originals:
+                setattr(owner, name, wrap(originals[name]))
+        with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
+            run_dir = Path(tmp) / "run"
+            trainer.train(cfg, [], run_dir=run_dir, progress=False)
+            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        for owner, name, _ in patches:
+            if name in originals:
+                setattr(owner, name, originals[name])
+    reported = [r["examples_per_s"] for r in sorted((r for r in records if r["kind"] == "epoch"),
+                                                   key=lambda r: r["epoch"])]
+    n = len(data.train_x) - (1 if cfg.norm.kind != "none" and len(data.train_x) % cfg.batch_size == 1 else 0)
+    if "_train_epoch" not in originals:  # the trainer's epoch function moved: use its own wall-clock numbers
+        return [Epoch(n, n / rate, float("nan"), rate) for rate in reported[1:]]
+    return [Epoch(n, clock.wall, clock.cpu, rate, log_wall, log_cpu)
+            for (clock, log_wall, log_cpu), rate in zip(epochs_timed[1:], reported[1:])]
+
+
+# --- measuring and reporting -----------------------------------------------------------------------
+
+
+def paired_ratio(num: Variant, den: Variant, clock: str) -> tuple[float, float, float]:
+    """Median, min and max over repeats of num's rate / den's rate in the same repeat."""
+    ratios = [num.repeat_rate(i, clock) / den.repeat_rate(i, clock) for i in range(len(num.repeats))]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size: int, console) -> dict:
+    from bnexp.config import load
+    from bnexp.data import load_dataset
+
+    def config(log_every: int, hist_every: int):
+        cfg = load(base_overrides + [f"batch_size={batch_size}", f"log_every_steps={log_every}",
+                                     f"hist_every_steps={hist_every}"])
+        cfg.dataset.path = str(data_dir)  # set after composing: no override-grammar quoting of the path
+        return cfg
+
+    cfg_scalars = config(args.log_every, 0)
+    cfg_quiet = config(QUIET_LOG_EVERY, 0)
+    cfg_full = config(args.log_every, args.hist_every)
+    device = torch.device(args.device)
+    data = load_dataset(cfg_scalars.dataset, device)  # the trainer's own split: the same images for all
+
+    runners = {
+        "course": (f"notes: PIL+ToTensor+Normalize per sample, DataLoader(workers={args.workers}), loss.item()",
+                   lambda: run_course(cfg_scalars, data, device, args.epochs, args.workers)),
+        "bare": ("pre-normalized pre-batched tensors; no shuffle, metrics or logging",
+                 lambda: run_bare(cfg_scalars, data, device, args.epochs)),
+        "bnexp": (f"train(): scalars every {args.log_every} steps, histograms off",
+                  lambda: run_bnexp(cfg_scalars, data, args.epochs)),
+        "bnexp-quiet": ("train(): no step logging (log_every_steps=1e9, hist_every_steps=0)",
+                        lambda: run_bnexp(cfg_quiet, data, args.epochs)),
+        "bnexp-full": (f"train(): scalars every {args.log_every}, histograms every {args.hist_every} steps",
+                       lambda: run_bnexp(cfg_full, data, args.epochs)),
+    }
+    names = [n for n in runners if args.variants is None or n in args.variants]
+    variants = {n: Variant(n, runners[n][0]) for n in names}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always first or last
+        for name in order:
+            started = time.perf_counter()
+            variants[name].repeats.append(runners[name][1]())
+            console.log(f"batch {batch_size} repeat {r + 1}/{args.repeats} {name:<11} "
+                        f"{variants[name].repeat_rate(r, 'wall'):>7,.0f} ex/s wall "
+                        f"{variants[name].repeat_rate(r, 'cpu'):>7,.0f} ex/CPU-s "
+                        f"({time.perf_counter() - started:.0f} s with setup)", highlight=False)
+    return {"batch_size": batch_size, "train_examples": len(data.train_x), "variants": variants}
+
+
+def report(args, results: list[dict], settings: dict, console) -> list[dict]:
+    from rich.table import Table
+
+    clock, other = args.clock, ("wall" if args.clock == "cpu" else "cpu")
+    unit = {"wall": "ex/s", "cpu": "ex/CPU-s"}
+    settings_table = Table(title="settings", show_header=False, box=None, title_justify="left")
+    for key, value in settings.items():
+        settings_table.add_row(f"[bold]{key}", str(value))
+    console.print(settings_table)
+
+    checks = []
+    for res in results:
+        vs = res["variants"]
+        table = Table(title=f"training throughput, batch {res['batch_size']}, {res['train_examples']:,} train images "
+                            f"(median over timed epochs; ratios: median of per-repeat ratios; {clock} clock)",
+                      title_justify="left")
+        for col in ("variant", "what", unit[clock], "min..max", unit[other], "vs course", "vs bare", "in log calls"):
+            table.add_column(col, justify="left" if col in ("variant", "what") else "right")
+        for v in vs.values():
+            rates = v.rates(clock)
+            ratio = {ref: (f"{paired_ratio(v, vs[ref], clock)[0]:.2f}x" if ref in vs else "-")
+                     for ref in ("course", "bare")}
+            share = f"{v.log_share(clock):.1%}" if v.name.startswith("bnexp") else "-"
+            table.add_row(v.name, v.what, f"{statistics.median(rates):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
+                          f"{statistics.median(v.rates(other)):,.0f}", ratio["course"], ratio["bare"], share)
+        console.print(table)
+
+        target_table = Table(title=f"targets, batch {res['batch_size']} ({clock} clock: median, min..max over "
+                                   f"{args.repeats} repeat(s); column '{other}': the median on the {other} clock)",
+                             title_justify="left")
+        for col in ("check", "measured", "range", other, "target", "verdict"):
+            target_table.add_column(col, justify="left" if col == "check" else "right")
+
+        def add(label, value, text, span, alt_text, target, met, rng):
+            verdict = "-" if met is None else ("[green]met" if met else "[red]NOT met")
+            target_text = "-" if target is None else (f">= {target:g}x" if "vs" in label else f"<= {target:.0%}")
+            target_table.add_row(label, text, span, alt_text, target_text, verdict)
+            checks.append({"batch_size": res["batch_size"], "check": label, "clock": clock, "value": value,
+                           "range": rng, "target": target, "met": met})
+
+        rows = [(label, *spec) for label, spec in TARGETS.items()]
+        rows.append(("logging overhead (scalars only)", "bnexp", "bnexp-quiet", "overhead<=", None))
+        for label, num, den, kind, target in rows:
+            if num not in vs or den not in vs:
+                continue
+            mid, lo, hi = paired_ratio(vs[num], vs[den], clock)
+            alt = paired_ratio(vs[num], vs[den], other)[0]
+            if kind == "ratio>=":
+                add(label, mid, f"{mid:.2f}x", f"{lo:.2f}..{hi:.2f}x", f"{alt:.2f}x", target, mid >= target, [lo, hi])
+            else:  # overhead = 1 - (throughput with logging) / (throughput without), end to end
+                add(label + ", end to end", 1 - mid, f"{1 - mid:+.1%}", f"{1 - hi:+.1%}..{1 - lo:+.1%}",
+                    f"{1 - alt:+.1%}", target, None if target is None else 1 - mid <= target, [1 - hi, 1 - lo])
+        if "bnexp-full" in vs:  # the same overhead measured inside each epoch: insensitive to drift between runs
+            full = vs["bnexp-full"]
+            shares = [e.log_share(clock) for rep in full.repeats for e in rep]
+            value = full.log_share(clock)
+            add("logging overhead (full), time in log calls", value, f"{value:.1%}",
+                f"{min(shares):.1%}..{max(shares):.1%}", f"{full.log_share(other):.1%}", TARGETS[
+                    "logging overhead (full)"][3], value <= TARGETS["logging overhead (full)"][3],
+                [min(shares), max(shares)])
+        console.print(target_table)
+    return checks
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data_dir = check_data(args.data)
+
+    import torchvision
+    from rich.console import Console
+
+    from bnexp.config import load
+    from bnexp.errors import BnexpError
+
+    console = Console(width=max(Console().width, 130))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_train: --device cuda: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "auto":  # CPU time measures the work when one thread does it; on a GPU it does not
+        args.clock = "cpu" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall"
+    base = [f"model={args.model}", f"norm={args.norm}", "dataset=idx", "dataset.val_fraction=0.2",
+            "optimizer=sgd", f"device={args.device}", "checkpoint=false"]
+    if args.threads:
+        base.append(f"threads={args.threads}")
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    try:
+        cfg = load(base)
+        results = [bench_batch_size(args, base, data_dir, b, console) for b in args.batch_size]
+    except BnexpError as exc:
+        sys.exit(f"bench_train: {exc}")
+
+    hw = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    settings = {
+        "command": " ".join([Path(sys.executable).name, "scripts/bench_train.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
+        "model": f"{cfg.model.name} channels={list(cfg.model.channels)} hidden={list(cfg.model.hidden_sizes)} "
+                 f"activation={cfg.model.activation}, norm={cfg.norm.kind}",
+        "optimizer": f"{cfg.optimizer.name} lr={cfg.optimizer.lr} momentum={cfg.optimizer.momentum}, "
+                     f"schedule={cfg.optimizer.schedule}",
+        "data": f"{data_dir} (dataset=idx, val_fraction=0.2, split_seed={cfg.dataset.split_seed})",
+        "batch sizes": ", ".join(map(str, args.batch_size)),
+        "timing": f"{args.repeats} interleaved repeat(s), each variant: fresh model, 1 warm-up + {args.epochs} timed "
+                  f"epoch(s); clock for ratios: {args.clock}",
+        "device": f"{args.device} ({hw}), torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+                  f"load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}",
+        "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+                    f"python {platform.python_version()}",
+        "wall time": f"{time.perf_counter() - started:.0f} s",
+    }
+    checks = report(args, results, settings, console)
+    if os.getloadavg()[0] > (os.cpu_count() or 1) and args.device == "cpu":
+        console.print(f"[yellow]note: the machine was busy (load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+                      f"CPUs): wall-clock rates are depressed and noisy; the CPU-time clock is the steadier one.")
+    if args.json:
+        payload = {"settings": settings, "checks": checks, "results": [
+            {"batch_size": r["batch_size"], "train_examples": r["train_examples"],
+             "variants": {n: {"what": v.what, "repeats": [[asdict(e) for e in rep] for rep in v.repeats]}
+                          for n, v in r["variants"].items()}}
+            for r in results]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
