@@ -88,7 +88,7 @@ def _root_schema() -> Any:
         seed: int = 0
         threads: Optional[int] = None
         log_every_steps: int = 10
-        hist_every_steps: int = 50
+        hist_every_steps: int = 100
         log_channels: int = 16
         checkpoint: bool = True
         output_dir: str = "outputs"
@@ -107,10 +107,6 @@ def config_dir() -> Path:
 def group_options(group: str) -> list[str]:
     """Names of the options of a config group, e.g. ``model`` -> ``['convnet', 'lenet', 'mlp']``."""
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-
-
-def config_groups() -> list[str]:
-    return sorted(p.name for p in config_dir().iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
 def _one_line(text: str) -> str:

@@ -121,8 +121,3 @@ def _initialize(model: nn.Module, scheme: str, std: float) -> None:
 def norm_layers(model: NormNet) -> list[tuple[str, nn.Module]]:
     """``(site name, module)`` for every norm site, identities included."""
     return [(name, getattr(model, name)) for name in model.norm_sites]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

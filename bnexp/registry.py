@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from bnexp.errors import BnexpError
-from bnexp.runs import RUN_FILE, iter_run_dirs, read_json
+from bnexp.runs import RUN_FILE, find_marked_dirs, iter_run_dirs, read_json
 
 SWEEP_FILE = "sweep.json"
 # Overrides that say where or how fast a run ran, not what it is; hidden from "key overrides".
@@ -146,16 +146,7 @@ def sort_runs(records: list[dict], by: str = "started", reverse: bool = False) -
 
 def iter_sweep_dirs(root: Path) -> Iterator[Path]:
     """Every sweep directory (one holding ``sweep.json``) under ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        return
-    for current, dirs, files in os.walk(root):
-        if SWEEP_FILE in files:
-            yield Path(current)
-        if SWEEP_FILE in files or RUN_FILE in files:
-            dirs[:] = []
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return find_marked_dirs(root, SWEEP_FILE)
 
 
 def resolve(ref: str, root: Path) -> tuple[str, Path]:

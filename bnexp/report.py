@@ -183,15 +183,11 @@ def scalars_from_events(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def differing_keys(runs: list[RunData]) -> list[str]:
-    """Config keys (besides the norm) whose values differ between runs, e.g. ``optimizer.lr``."""
-    keys = sorted({k for r in runs for k in r.config})
-    out = []
-    for key in keys:
-        if key.startswith("norm.kind") or key in IGNORED_KEYS or key.split(".")[0] in IGNORED_KEYS:
-            continue
-        if len({repr(r.config.get(key)) for r in runs}) > 1:
-            out.append(key)
-    return out
+    """Config keys (besides the norm, which the colour shows) whose values differ between runs."""
+    from bnexp.registry import differing_keys as registry_differing_keys
+
+    return sorted(k for k in registry_differing_keys([r.config for r in runs])
+                  if k != "norm.kind" and k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS)
 
 
 def _short(key: str) -> str:

@@ -74,17 +74,24 @@ def create_run_dir(parent: Path, run_id: str) -> Path:
     raise BnexpError(f"could not create a unique run directory under {parent}")
 
 
-def iter_run_dirs(root: Path) -> Iterator[Path]:
-    """Every run directory (one holding ``run.json``) under ``root``, sweeps included."""
+def find_marked_dirs(root: Path, marker: str) -> Iterator[Path]:
+    """Directories under ``root`` holding the file ``marker`` (``run.json``, ``sweep.json``), in
+    sorted order; the walk never descends into a run directory (runs do not nest)."""
     root = Path(root)
     if not root.is_dir():
         return
     for current, dirs, files in os.walk(root):
-        if RUN_FILE in files:
+        if marker in files:
             yield Path(current)
-            dirs[:] = []  # runs do not nest
+        if marker in files or RUN_FILE in files:
+            dirs[:] = []
         else:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+
+
+def iter_run_dirs(root: Path) -> Iterator[Path]:
+    """Every run directory (one holding ``run.json``) under ``root``, sweeps included."""
+    return find_marked_dirs(root, RUN_FILE)
 
 
 def resolve_run(ref: str, root: Path) -> Path:

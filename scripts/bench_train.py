@@ -14,7 +14,7 @@ config), seed and batch size on the same data (the 8,000-image train split of MN
                  ``log_every_steps`` (10), histograms off
     bnexp-quiet  the trainer without step logging (``log_every_steps`` 1e9, ``hist_every_steps`` 0)
     bnexp-full   the trainer with full logging at the config defaults: scalars every 10 steps and
-                 histograms (+ per-channel gamma/beta scalars, percentile records) every 50 steps
+                 histograms (+ per-channel gamma/beta scalars, percentile records) every 100 steps (default)
 
 What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
 last optimizer step (device synchronized), after a warm-up (the trainer's first epoch; 20 batches
@@ -104,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="lenet", help="bnexp model option (default: lenet)")
     p.add_argument("--norm", default="builtin", help="bnexp norm option (default: builtin = torch.nn.BatchNorm)")
     p.add_argument("--log-every", type=int, default=10, help="log_every_steps of bnexp, bnexp-full (default: 10)")
-    p.add_argument("--hist-every", type=int, default=50, help="hist_every_steps of bnexp-full (default: 50)")
+    p.add_argument("--hist-every", type=int, default=100, help="hist_every_steps of bnexp-full (default: 100, the config default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers of the course loop "
                                                           "(default: 0, as in the notes)")
     p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, metavar="NAME",
