@@ -208,6 +208,16 @@ def main() -> int:
     timing = {"device": device, "rounds": rounds, "min_time": min_time, "max_load": args.max_load}
     busy_notes, busy_measures = [], set()
 
+    def measure(fns: dict, label: str, kind: str):
+        """Interleaved medians and ratios; rounds spoiled by other processes are noted under ``kind``."""
+        medians, ratios, (kept, tries, busy) = interleaved(fns, **timing)
+        if kept < tries or busy:
+            busy_notes.append(f"{label}: {tries - kept} rounds discarded, {busy} of {kept} kept rounds busy "
+                              "(other processes on the CPU)")
+        if busy:
+            busy_measures.add(kind)
+        return medians, ratios
+
     # --- isolated BN training steps ---
     table = Table(title="Isolated BN training step (forward + backward), ms per step; "
                         "ratio = builtin time / custom time")
@@ -243,12 +253,7 @@ def main() -> int:
                 torch.cuda.synchronize()
             first = time.perf_counter() - t0
             compile_s += first
-        medians, ratios, (kept, tries, busy) = interleaved(fns, **timing)
-        if kept < tries or busy:
-            busy_notes.append(f"{cls_name} {shape}: {tries - kept} rounds discarded, {busy} of {kept} kept "
-                              "rounds busy (other processes on the CPU)")
-        if busy:
-            busy_measures.add("isolated")
+        medians, ratios = measure(fns, f"{cls_name} {shape}", "isolated")
         for name in medians:
             totals[name] += medians[name]
         row = [cls_name, "x".join(map(str, shape)), f"{medians['builtin'] * 1e3:.3f}",
@@ -303,12 +308,7 @@ def main() -> int:
         t0 = time.perf_counter()
         fns["compiled"]()
         lenet_compile_s = time.perf_counter() - t0
-    medians, ratios, (kept, tries, busy) = interleaved(fns, **timing)
-    if kept < tries or busy:
-        busy_notes.append(f"LeNet: {tries - kept} rounds discarded, {busy} of {kept} kept rounds busy "
-                          "(other processes on the CPU)")
-    if busy:
-        busy_measures.add("lenet")
+    medians, ratios = measure(fns, "LeNet", "lenet")
     table = Table(title=f"End-to-end LeNet training step (model=lenet, batch {n}, SGD), images/s")
     for col in ["norm", "ms/step", "images/s", "ratio vs builtin", "peak memory", "ratio"]:
         table.add_column(col, justify="left" if col == "norm" else "right")
