@@ -118,7 +118,6 @@ def _hydra_error(exc: Exception, overrides: list[str]) -> BnexpError:
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(exc, MissingConfigException):
-        group = None
         match = re.search(r"Could not find '([^']+)/([^']+)'", str(exc))
         if match:
             group, name = match.group(1), match.group(2)
@@ -137,16 +136,17 @@ def _hydra_error(exc: Exception, overrides: list[str]) -> BnexpError:
         r"Key '([^']+)' (?:is not in struct|not in)", message
     )
     if match:
-        key = match.group(1)
-        parent = key.rpartition(".")[0]
-        return BnexpError(f"unknown config key '{key}'; valid keys{' under ' + parent if parent else ''}: "
-                          f"{', '.join(_valid_keys(parent))}")
+        return _unknown_key(match.group(1))
     return BnexpError(f"invalid overrides {' '.join(overrides)}: {message}")
 
 
-def _valid_keys(parent: str) -> list[str]:
+def _unknown_key(key: str) -> BnexpError:
+    """``unknown config key 'model.depth'; valid keys under model: ...`` from the schema."""
+    parent = key.rpartition(".")[0]
     node = OmegaConf.select(_root_schema(), parent) if parent else _root_schema()
-    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+    valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    return BnexpError(f"unknown config key '{key}'; valid keys{' under ' + parent if parent else ''}: "
+                      f"{', '.join(valid)}")
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -177,12 +177,7 @@ def check_schema(cfg: DictConfig) -> DictConfig:
     try:
         merged = OmegaConf.merge(_root_schema(), plain)
     except ConfigKeyError as exc:
-        key = exc.full_key
-        parent = key.rpartition(".")[0]
-        raise BnexpError(
-            f"unknown config key '{key}'; valid keys{' under ' + parent if parent else ''}: "
-            f"{', '.join(_valid_keys(parent))}"
-        ) from exc
+        raise _unknown_key(exc.full_key) from exc
     except ValidationError as exc:
         raise BnexpError(f"{exc.full_key}={exc.value!r}: expected {_expected(exc)}") from exc
     OmegaConf.set_struct(merged, True)

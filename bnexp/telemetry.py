@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp.config import flatten
 from bnexp.models import norm_layers
@@ -83,7 +83,7 @@ class Telemetry:
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, max_queue=1000, flush_secs=10)
         self.probe = NormProbe(model)
         if purge_step is None:
-            self.writer.add_text("config", "```\n" + _yaml(cfg) + "\n```", 0)
+            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
 
     def histograms_due(self, step: int) -> bool:
         return self.hist_every > 0 and (step == 1 or step % self.hist_every == 0)
@@ -156,12 +156,6 @@ class Telemetry:
         bar = ProgressBar(total, done, enabled)
         with bar.live():
             yield bar
-
-
-def _yaml(cfg: DictConfig) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(cfg, resolve=True)
 
 
 class ProgressBar:

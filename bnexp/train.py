@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp.errors import BnexpError
 from bnexp.runs import create_run_dir, new_run_id, now_iso, read_json, write_atomic, write_json
-from bnexp.telemetry import NormProbe, Telemetry
+from bnexp.telemetry import Telemetry
 
 
 class Diverged(BnexpError):
@@ -187,6 +187,8 @@ def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = No
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainState(**checkpoint["state"])
         torch.set_rng_state(checkpoint["rng"])
+        if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
         run.truncate_metrics(state.step)
     else:
         run = Run.create(cfg, overrides, run_dir, device)

@@ -28,7 +28,7 @@ def groups_epilog() -> str:
               "          bnexp train dataset=idx dataset.path=../shared/data/mnist-t10k model=convnet",
               "          bnexp train resume=20261122-181503-lenet-custom-3fa2",
               "          bnexp train --cfg model=lenet   (print the composed config)"]
-    return "\n\n".join(["\n".join(lines)])
+    return "\n".join(lines)
 
 
 def experiment_presets(root) -> list[tuple[str, str]]:
