@@ -1,7 +1,8 @@
 """The ``bnexp`` command: a Typer app whose sub-commands live in ``bnexp.commands``.
 
 Nothing heavy (torch, tensorboard, hydra) is imported here: each command imports what it needs
-when it runs, so ``bnexp --help`` returns at once.
+when it runs, so ``bnexp --help`` returns at once. Every way a command can fail on bad input
+(a usage error, a bad value found while working) ends as one ``error:`` line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import importlib
 import os
 import pkgutil
 import sys
+from typing import Optional
 
 import typer
 
+from bnexp import __version__
 from bnexp.errors import BnexpError
 
 # Commands appear in ``--help`` in this order; modules not listed follow alphabetically.
@@ -22,17 +25,22 @@ app = typer.Typer(
     name="bnexp",
     help="Batch-normalization experiment tracker: train, sweep, compare and inspect BN runs.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"bnexp {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: bool = typer.Option(
-        False, "--debug", help="Show full Python tracebacks for errors (also BNEXP_DEBUG=1)."
-    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full Python tracebacks for errors (also BNEXP_DEBUG=1)."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_show_version, is_eager=True,
+                                           help="Print the version and exit."),
 ) -> None:
     if debug:
         os.environ["BNEXP_DEBUG"] = "1"
@@ -51,30 +59,44 @@ def _debug() -> bool:
     return os.environ.get("BNEXP_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
 
-def error_line(message: str) -> None:
+def error_line(message: str, label: str = "error") -> None:
     """Print one red ``error:`` line to stderr (Rich markup in the message is not interpreted)."""
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(message.strip()))
+    style = "bold yellow" if label != "error" else "bold red"
+    Console(stderr=True, soft_wrap=True).print(Text(f"{label}: ", style=style) + Text(" ".join(message.split())))
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning user errors into one-line messages.
+    """Console-script entry point: run the app, turning every failure into one line and an exit code.
 
-    Typer (standalone mode) already handles usage errors, ``--help`` and exit codes; what reaches
-    here is a :class:`BnexpError` (bad input found while working) or a genuine crash.
+    Click's usage errors (unknown option, missing argument; typer vendors click, so they are
+    recognised by their interface) and bnexp's own :class:`BnexpError` print ``error: ...``;
+    Ctrl-C exits 130; a genuine crash prints its type and message (the traceback with ``--debug``).
     """
     _register_commands()
     try:
-        app()
+        code = app(standalone_mode=False)  # click returns a command's exit code instead of exiting
     except BnexpError as exc:
         if _debug():
             raise
-        error_line(str(exc))
+        error_line(str(exc), exc.label)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("stopped", label="interrupted")
+        sys.exit(130)
     except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's UsageError & co.
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "bnexp"
+            error_line(f"{exc.format_message()} (see: {where} --help)")
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":  # a prompt closed with Ctrl-D / Ctrl-C
+            error_line("aborted", label="interrupted")
+            sys.exit(1)
         if _debug():
             raise
         error_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,25 +1,66 @@
 """Compose the Hydra config for a run, check it against a typed schema, and validate values.
 
 Everything here fails with a one-line :class:`BnexpError` *before* any work starts, so a bad
-override never leaves a run directory behind.
+override never leaves a run directory behind. Nothing here imports torch: the tables below name
+the classes that build each swappable part as dotted paths, so one table both validates a name
+and (in the module that builds it) constructs it. Adding an optimizer is one entry here plus one
+YAML file under ``conf/optimizer``.
 """
 
+from __future__ import annotations
+
+import importlib
 import importlib.resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnexp.errors import BnexpError
+from bnexp.runs import CONFIG_FILE, MAX_NAME, OVERRIDES_FILE, UnreadableFile, read_text, read_yaml_mapping
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leaky_relu")
+
+class ModelSpec(NamedTuple):
+    """A model family: its conv stages as ``(kernel, padding)`` (each followed by 2x2 pooling)."""
+
+    convs: tuple = ()
+    pool: Optional[str] = None  # torch.nn class of the pooling after each conv stage
+
+
+# ---- the tables: name -> what builds it -------------------------------------------------------
+
+MODELS = {
+    "mlp": ModelSpec(),
+    "lenet": ModelSpec(convs=((5, 2), (5, 0)), pool="AvgPool2d"),  # d2l LeNet-5
+    "convnet": ModelSpec(convs=((3, 1), (5, 0)), pool="MaxPool2d"),  # the course's conv_bn_net
+}
+ACTIVATIONS = {"relu": "torch.nn.ReLU", "sigmoid": "torch.nn.Sigmoid", "tanh": "torch.nn.Tanh",
+               "gelu": "torch.nn.GELU", "leaky_relu": "torch.nn.LeakyReLU"}
 INITS = ("default", "xavier_uniform", "normal")
+# norm kind -> the module holding BatchNorm1d/BatchNorm2d (None: identity sites)
+NORMS = {"none": None, "custom": "bnexp.norm", "builtin": "torch.nn"}
+# optimizer -> (class, the optimizer keys it takes)
+OPTIMIZERS = {
+    "sgd": ("torch.optim.SGD", ("lr", "momentum", "nesterov", "weight_decay")),
+    "adam": ("torch.optim.Adam", ("lr", "betas", "weight_decay")),
+    "adamw": ("torch.optim.AdamW", ("lr", "betas", "weight_decay")),
+}
 SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-NORMS = ("none", "custom", "builtin")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# dataset -> how it is loaded: "digits", "idx", or "torchvision:<class in torchvision.datasets>"
+DATASETS = {"digits": "digits", "mnist": "torchvision:MNIST", "fashion_mnist": "torchvision:FashionMNIST",
+            "cifar10": "torchvision:CIFAR10", "idx": "idx"}
+
+
+def import_object(dotted: str) -> Any:
+    """``torch.optim.SGD`` -> the class (for the builders; config itself never calls it)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---- schema -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -38,6 +79,8 @@ class NormConfig:
     eps: float = 1e-5
     momentum: Optional[float] = 0.1
     compile: bool = False
+    ghost_batch_size: Optional[int] = None  # statistics over virtual batches of this size (Hoffer et al. 2017)
+    sync: bool = False  # with nproc > 1: statistics over the global batch (all ranks)
 
 
 @dataclass
@@ -56,46 +99,69 @@ class DeviceConfig:
     type: str = "auto"
 
 
+DEFAULT_DATA_ROOT = "${oc.env:BNEXP_DATA_DIR,'~/.cache/bnexp/data'}"
+
+
+@dataclass
+class DatasetConfig:
+    """The ``dataset`` node: the union of all datasets' keys; each uses its own."""
+
+    name: str = "digits"
+    limit_train: Optional[int] = None  # keep the first K training images (null: all)
+    limit_val: Optional[int] = None  # keep the first K validation images (null: all)
+    val_fraction: float = 0.2  # digits, idx: share of the images held out for validation
+    split_seed: int = 0  # digits, idx: seed of the train/validation shuffle
+    image_size: int = 28  # digits: 8x8 images are resized to this so every model accepts them
+    root: str = DEFAULT_DATA_ROOT  # mnist, fashion_mnist, cifar10: where torchvision keeps the files
+    download: bool = True  # mnist, fashion_mnist, cifar10: fetch missing files
+    path: Optional[str] = None  # idx: directory with one *images*idx3-ubyte[.gz] and one *labels*idx1-ubyte[.gz]
+    images: Optional[str] = None  # idx: explicit images file (instead of path)
+    labels: Optional[str] = None  # idx: explicit labels file (instead of path)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    epochs: int = 5
+    max_steps: Optional[int] = None
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    seed: int = 0
+    threads: Optional[int] = None
+    nproc: int = 1
+    recalibrate_batches: int = 0
+    log_every_steps: int = 10
+    hist_every_steps: int = 100
+    log_channels: int = 16
+    checkpoint: bool = True
+    output_dir: str = "outputs"
+    name: Optional[str] = None
+    resume: Optional[str] = None
+    description: str = ""
+
+
+GROUP_SCHEMAS = {"model": ModelConfig, "norm": NormConfig, "optimizer": OptimizerConfig, "device": DeviceConfig,
+                 "dataset": DatasetConfig}
+# What may change when a run is continued (resume=RUN epochs=N): how long it trains.
+EXTENDABLE_KEYS = ("epochs", "max_steps")
+
+
 def register_schemas() -> None:
     """Put the group schemas in Hydra's ConfigStore as ``schema/<group>``: each group's YAML
     extends its schema, so any schema key can be overridden (``norm.momentum=0.01`` even with
     ``norm=none``) and Hydra type-checks the value while composing."""
     from hydra.core.config_store import ConfigStore
 
-    from bnexp.data import DatasetConfig
-
     store = ConfigStore.instance()
-    for group, node in (("model", ModelConfig), ("norm", NormConfig), ("optimizer", OptimizerConfig),
-                        ("device", DeviceConfig), ("dataset", DatasetConfig)):
+    for group, node in GROUP_SCHEMAS.items():
         store.store(group="schema", name=group, node=node)
 
 
-def _root_schema() -> Any:
-    """The run schema; the dataset part is owned by :mod:`bnexp.data`."""
-    from bnexp.data import DatasetConfig
-
-    @dataclass
-    class RunConfig:
-        model: ModelConfig = field(default_factory=ModelConfig)
-        norm: NormConfig = field(default_factory=NormConfig)
-        dataset: DatasetConfig = field(default_factory=DatasetConfig)
-        optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-        device: DeviceConfig = field(default_factory=DeviceConfig)
-        epochs: int = 5
-        max_steps: Optional[int] = None
-        batch_size: int = 64
-        eval_batch_size: int = 256
-        seed: int = 0
-        threads: Optional[int] = None
-        log_every_steps: int = 10
-        hist_every_steps: int = 100
-        log_channels: int = 16
-        checkpoint: bool = True
-        output_dir: str = "outputs"
-        name: Optional[str] = None
-        resume: Optional[str] = None
-        description: str = ""
-
+def _root_schema() -> DictConfig:
     return OmegaConf.structured(RunConfig)
 
 
@@ -109,7 +175,7 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def _one_line(text: str) -> str:
+def one_line(text: Any) -> str:
     return re.sub(r"\s+", " ", str(text)).strip()
 
 
@@ -123,24 +189,24 @@ def _hydra_error(exc: Exception, overrides: list[str]) -> BnexpError:
             group, name = match.group(1), match.group(2)
             valid = ", ".join(exc.options or group_options(group))
             return BnexpError(f"{group}={name}: no such option; valid {group} options: {valid}")
-        return BnexpError(_one_line(exc))
+        return BnexpError(one_line(exc))
     if isinstance(exc, OverrideParseException):
-        return BnexpError(f"malformed override: {_one_line(exc)} (expected key=value, e.g. model=lenet)")
+        return BnexpError(f"malformed override: {one_line(exc)} (expected key=value, e.g. model=lenet)")
     from omegaconf.errors import ValidationError
 
     if isinstance(exc.__cause__, ValidationError):
         cause = exc.__cause__
         return BnexpError(f"{cause.full_key}={cause.value!r}: expected {_expected(cause)}")
-    message = _one_line(exc)
+    message = one_line(exc)
     match = re.search(r"Could not override '([^']+)'", message) or re.search(
         r"Key '([^']+)' (?:is not in struct|not in)", message
     )
     if match:
-        return _unknown_key(match.group(1))
+        return unknown_key(match.group(1))
     return BnexpError(f"invalid overrides {' '.join(overrides)}: {message}")
 
 
-def _unknown_key(key: str) -> BnexpError:
+def unknown_key(key: str) -> BnexpError:
     """``unknown config key 'model.depth'; valid keys under model: ...`` from the schema."""
     parent = key.rpartition(".")[0]
     node = OmegaConf.select(_root_schema(), parent) if parent else _root_schema()
@@ -149,15 +215,19 @@ def _unknown_key(key: str) -> BnexpError:
                       f"{', '.join(valid)}")
 
 
+def check_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item and not item.startswith("~"):
+            raise BnexpError(f"malformed override '{item}': expected key=value (e.g. model=lenet)")
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides, then type-check it against the schema."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    for item in overrides:
-        if "=" not in item and not item.startswith("~"):
-            raise BnexpError(f"malformed override '{item}': expected key=value (e.g. model=lenet)")
+    check_overrides(overrides)
     GlobalHydra.instance().clear()
     register_schemas()
     try:
@@ -168,16 +238,16 @@ def compose(overrides: list[str]) -> DictConfig:
     return check_schema(cfg)
 
 
-def check_schema(cfg: DictConfig) -> DictConfig:
+def check_schema(cfg: DictConfig | dict) -> DictConfig:
     """Merge onto the typed schema: wrong types and unknown keys become one-line errors."""
     from omegaconf.errors import ConfigKeyError, ValidationError
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     plain.pop("hydra", None)
     try:
         merged = OmegaConf.merge(_root_schema(), plain)
     except ConfigKeyError as exc:
-        raise _unknown_key(exc.full_key) from exc
+        raise unknown_key(exc.full_key) from exc
     except ValidationError as exc:
         raise BnexpError(f"{exc.full_key}={exc.value!r}: expected {_expected(exc)}") from exc
     OmegaConf.set_struct(merged, True)
@@ -189,7 +259,7 @@ def _expected(exc: Exception) -> str:
     match = re.search(r"(?:converted to|is not a valid) (\w+)", str(exc))
     words = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
              "String": "a string"}
-    return words.get(match.group(1), match.group(1)) if match else _one_line(exc).split(" full_key")[0]
+    return words.get(match.group(1), match.group(1)) if match else one_line(exc).split(" full_key")[0]
 
 
 def _require(ok: bool, message: str) -> None:
@@ -197,24 +267,31 @@ def _require(ok: bool, message: str) -> None:
         raise BnexpError(message)
 
 
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+def _choice(key: str, value: str, valid) -> None:
     _require(value in valid, f"{key}={value}: valid values are {', '.join(valid)}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Check values a type cannot express; every failure names the key, the value and what is valid."""
     m, n, o = cfg.model, cfg.norm, cfg.optimizer
+    _choice("model", m.name, MODELS)
     _choice("model.activation", m.activation, ACTIVATIONS)
     _choice("model.init", m.init, INITS)
     _require(all(h >= 1 for h in m.hidden_sizes), f"model.hidden_sizes={list(m.hidden_sizes)}: sizes must be >= 1")
-    _require(m.name != "mlp" or len(m.hidden_sizes) >= 1, "model.hidden_sizes=[]: an mlp needs at least one hidden layer")
-    _require(m.name == "mlp" or len(m.channels) == 2,
-             f"model.channels={list(m.channels)}: {m.name} takes exactly two conv widths, e.g. [6,16]")
+    convs = len(MODELS[m.name].convs)
+    _require(convs or len(m.hidden_sizes) >= 1, f"model.hidden_sizes=[]: an {m.name} needs at least one hidden layer")
+    _require(not convs or len(m.channels) == convs,
+             f"model.channels={list(m.channels)}: {m.name} takes exactly {convs} conv widths, e.g. [6,16]")
     _require(all(c >= 1 for c in m.channels), f"model.channels={list(m.channels)}: widths must be >= 1")
     _require(m.init_std > 0, f"model.init_std={m.init_std}: must be > 0")
     _choice("norm", n.kind, NORMS)
     _require(n.eps > 0, f"norm.eps={n.eps}: must be > 0")
     _require(n.momentum is None or 0 <= n.momentum <= 1, f"norm.momentum={n.momentum}: must be in [0, 1] or null")
+    _require(n.ghost_batch_size is None or n.ghost_batch_size >= 2,
+             f"norm.ghost_batch_size={n.ghost_batch_size}: must be >= 2 (examples per virtual batch) or null")
+    _require(not (n.sync and n.ghost_batch_size),
+             "norm.sync=true with norm.ghost_batch_size: pick one (synchronized statistics span the global "
+             "batch, ghost statistics a part of the local one)")
     _choice("optimizer", o.name, OPTIMIZERS)
     _require(o.lr > 0, f"optimizer.lr={o.lr}: must be > 0")
     _require(o.momentum >= 0, f"optimizer.momentum={o.momentum}: must be >= 0")
@@ -223,6 +300,7 @@ def validate(cfg: DictConfig) -> None:
              f"optimizer.betas={list(o.betas)}: two values in [0, 1)")
     _choice("optimizer.schedule", o.schedule, SCHEDULES)
     _choice("device", cfg.device.type, DEVICES)
+    validate_dataset(cfg.dataset)
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps={cfg.max_steps}: must be >= 1 or null")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
@@ -230,12 +308,36 @@ def validate(cfg: DictConfig) -> None:
              f"batch_size={cfg.batch_size} with norm={n.kind}: batch norm needs at least 2 examples per "
              "training batch; use batch_size>=2 or norm=none")
     _require(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
+    _require(cfg.nproc >= 1, f"nproc={cfg.nproc}: must be >= 1 (processes of data-parallel training)")
+    _require(cfg.batch_size % cfg.nproc == 0,
+             f"batch_size={cfg.batch_size} with nproc={cfg.nproc}: the global batch must split evenly "
+             f"over the processes; use a multiple of {cfg.nproc}")
+    _require(cfg.recalibrate_batches >= 0,
+             f"recalibrate_batches={cfg.recalibrate_batches}: must be >= 0 (0 turns recalibration off)")
     _require(cfg.log_every_steps >= 1, f"log_every_steps={cfg.log_every_steps}: must be >= 1")
     _require(cfg.hist_every_steps >= 0, f"hist_every_steps={cfg.hist_every_steps}: must be >= 0 (0 turns it off)")
     _require(cfg.log_channels >= 0, f"log_channels={cfg.log_channels}: must be >= 0")
     _require(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1 or null")
-    _require(cfg.name is None or re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name) is not None,
-             f"name={cfg.name}: use letters, digits, '.', '_' and '-' only")
+    validate_name("name", cfg.name)
+
+
+def validate_name(key: str, name: Optional[str]) -> None:
+    """A label that becomes part of a directory name: short, and made of safe characters."""
+    if name is None:
+        return
+    _require(re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", name) is not None,
+             f"{key}={name}: use letters, digits, '.', '_' and '-' only (not starting with '-')")
+    _require(len(name) <= MAX_NAME, f"{key}={name[:20]}...: {len(name)} characters; at most {MAX_NAME}")
+
+
+def validate_dataset(d: DictConfig | DatasetConfig) -> None:
+    """Values of the dataset node (the files themselves are checked when loading)."""
+    _require(d.name in DATASETS, f"dataset={d.name}: unknown dataset; valid datasets: {', '.join(DATASETS)}")
+    for key in ("limit_train", "limit_val"):
+        value = getattr(d, key)
+        _require(value is None or value >= 1, f"dataset.{key}={value}: must be >= 1 or null (null keeps every image)")
+    _require(0 < d.val_fraction < 1, f"dataset.val_fraction={d.val_fraction}: must be between 0 and 1 (exclusive)")
+    _require(d.image_size >= 1, f"dataset.image_size={d.image_size}: must be >= 1 (pixels per side)")
 
 
 def load(overrides: list[str]) -> DictConfig:
@@ -243,6 +345,36 @@ def load(overrides: list[str]) -> DictConfig:
     cfg = compose(overrides)
     validate(cfg)
     return cfg
+
+
+def load_saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
+    """A run's own config and overrides, as saved in its directory, checked like a new one: what a
+    continued run or a re-run sweep job trains with."""
+    run_dir = Path(run_dir)
+    cfg = check_schema(read_yaml_mapping(run_dir / CONFIG_FILE))
+    validate(cfg)
+    overrides: Any = []
+    if (run_dir / OVERRIDES_FILE).exists():
+        import yaml
+
+        try:
+            overrides = yaml.safe_load(read_text(run_dir / OVERRIDES_FILE)) or []
+        except yaml.YAMLError as exc:
+            raise UnreadableFile(f"{run_dir / OVERRIDES_FILE}: not valid YAML ({one_line(exc)})") from None
+    if not isinstance(overrides, list):
+        raise UnreadableFile(f"{run_dir / OVERRIDES_FILE}: expected a YAML list of overrides")
+    return cfg, [str(o) for o in overrides]
+
+
+def dataset_settings(cfg: DictConfig) -> DatasetConfig:
+    """The checked ``dataset`` node of a run config as its dataclass."""
+    return OmegaConf.to_object(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset
+
+
+def override_value(overrides: list[str], key: str) -> Optional[str]:
+    """The value the last ``key=...`` override gives (``experiment=mlp_mnist`` -> ``mlp_mnist``)."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return values[-1] if values else None
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:

@@ -15,21 +15,22 @@ a few core keys; the ``final/*`` scalars as metrics.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from bnexp.errors import BnexpError
 
 # Always worth a column; after the keys that vary.
 CORE_HPARAMS = ("model.name", "norm.kind", "optimizer.name", "optimizer.lr", "batch_size", "dataset.name",
                 "epochs", "seed", "status")
-# Keys Telemetry.finish leaves out of a run's session hparams (registry.differing_keys skips the others).
-NOT_HPARAMS = ("name", "description")
 FINAL_METRICS = ("final/val_acc", "final/best_val_acc", "final/val_loss", "final/train_loss", "final/train_acc")
 GROUP_KEYS = ("name", "kind", "type")  # what identifies a group's choice: model.name, norm.kind, device.type
 DEFAULT_PORT = 6006
@@ -94,15 +95,16 @@ def write_sweep_experiment(sweep_dir: Path, params: dict[str, Any], swept: Itera
 class Logdir:
     """A private logdir of symlinks to the runs that ``refs`` name (all runs under ``root`` when
     empty): ``<run id>`` for a run, ``<sweep id>/<job>`` for a sweep's job, ``<job>`` being its id
-    without the sweep's. References are checked at once; :meth:`refresh` links runs that appeared
-    since (the new jobs of a running sweep, new runs when showing everything)."""
+    without the sweep's. References are checked at once (one walk for all of them); :meth:`refresh`
+    links runs that appeared since (the new jobs of a running sweep, new runs when showing everything)."""
 
     def __init__(self, path: Path, refs: list[str], root: Path):
-        from bnexp.registry import resolve
+        from bnexp.runs import resolve_all
 
         self.path, self.root = path, root
-        self.selected = [(kind, p.resolve()) for kind, p in (resolve(ref, root) for ref in refs)]
+        self.selected = [(kind, p.resolve()) for kind, p in resolve_all(refs, root)]
         self.linked: set[Path] = set()
+        self.skipped: list[str] = []  # why a run's config could not go into the HParams table
 
     def _runs(self) -> Iterable[Path]:
         from bnexp.runs import iter_run_dirs
@@ -112,7 +114,7 @@ class Logdir:
         return (run.resolve() for kind, p in self.selected for run in (iter_run_dirs(p) if kind == "sweep" else [p]))
 
     def _link_name(self, run_dir: Path) -> Path:
-        from bnexp.registry import SWEEP_FILE
+        from bnexp.runs import SWEEP_FILE
 
         sweep = run_dir.parent
         if (sweep / SWEEP_FILE).is_file():
@@ -120,8 +122,9 @@ class Logdir:
             return self.path / sweep.name / job
         return self.path / run_dir.name
 
-    def refresh(self) -> int:
-        """Link every selected run not linked yet; returns how many are linked."""
+    def refresh(self, progress: Optional[Callable[[int], None]] = None) -> int:
+        """Link every selected run not linked yet; returns how many are linked. ``progress(n)`` is
+        told the count every 500 runs (a first refresh over thousands of runs takes a moment)."""
         for run_dir in self._runs():
             if run_dir not in self.linked:
                 link = self._link_name(run_dir)
@@ -129,18 +132,28 @@ class Logdir:
                 if not link.exists():
                     link.symlink_to(run_dir, target_is_directory=True)
                 self.linked.add(run_dir)
+                if progress and len(self.linked) % 500 == 0:
+                    progress(len(self.linked))
         return len(self.linked)
 
     def write_experiment(self) -> None:
-        """The selection's table: the config keys that differ between the linked runs lead."""
+        """The selection's table: the config keys that differ between the linked runs lead. A run
+        whose config cannot be read is left out of the table (and named in :attr:`skipped`)."""
         from bnexp.registry import differing_keys, run_config
+        from bnexp.runs import UnreadableFile
+        from bnexp.vocab import is_plumbing
 
-        configs = [run_config(r) for r in self.linked if (r / "config.yaml").is_file()]
+        configs = []
+        for run_dir in sorted(self.linked):
+            try:
+                configs.append(run_config(run_dir))
+            except UnreadableFile as exc:
+                if (run_dir / "config.yaml").exists():
+                    self.skipped.append(str(exc))
         if configs:
-            params = {k: v for c in configs for k, v in c.items()}
+            params = {k: v for c in configs for k, v in c.items() if not is_plumbing(k)}
             params["status"] = "completed"
-            leading = [k for k in differing_keys(configs) if k not in NOT_HPARAMS]
-            write_experiment(self.path, params, leading)
+            write_experiment(self.path, params, differing_keys(configs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +198,47 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+TEMP_PREFIX = "bnexp-tensorboard-"
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """``preexec_fn`` for a child that must not outlive ``parent``: Linux sends it SIGTERM when the
+    parent dies, even by kill -9 (PR_SET_PDEATHSIG); a parent already gone by then ends it at once."""
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the parent's own stop() remains
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def private_dir() -> tempfile.TemporaryDirectory:
+    """A temporary directory for one dashboard, named after this process; those of earlier
+    dashboards whose process is gone (killed with -9) are removed first."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = stale.name[len(TEMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)  # links inside are unlinked, never followed
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class TensorBoard:
-    """A TensorBoard subprocess over ``logdir``, its output in ``log`` (shown if it fails to start)."""
+    """A TensorBoard subprocess over ``logdir``, its output in ``log`` (shown if it fails to start).
+    It dies with this process, however this process ends."""
 
     def __init__(self, logdir: Path, host: str, port: int, log: Path):
         self.url, self.log = url_for(host, port), log
@@ -194,7 +246,8 @@ class TensorBoard:
                    "--port", str(port), "--reload_interval", "5"]
         with open(log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                                            preexec_fn=_die_with(os.getpid()), start_new_session=True)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll until it answers over HTTP; its own error (port taken, bad flag) if it exits first."""
@@ -216,8 +269,12 @@ class TensorBoard:
         return self.process.wait()
 
     def stop(self) -> None:
+        """Stop its whole process group (TensorBoard may start a data-server child)."""
         if self.process.poll() is None:
-            self.process.terminate()
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

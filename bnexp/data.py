@@ -12,32 +12,13 @@ import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from bnexp.config import DATASETS, DatasetConfig
 from bnexp.errors import BnexpError
-
-DEFAULT_DATA_ROOT = "${oc.env:BNEXP_DATA_DIR,'~/.cache/bnexp/data'}"
-
-
-@dataclass
-class DatasetConfig:
-    """Schema of the ``dataset`` config node: the union of all datasets' keys; each uses its own."""
-
-    name: str = "digits"
-    limit_train: Optional[int] = None  # keep the first K training images (null: all)
-    limit_val: Optional[int] = None  # keep the first K validation images (null: all)
-    val_fraction: float = 0.2  # digits, idx: share of the images held out for validation
-    split_seed: int = 0  # digits, idx: seed of the train/validation shuffle
-    image_size: int = 28  # digits: 8x8 images are resized to this so every model accepts them
-    root: str = DEFAULT_DATA_ROOT  # mnist, fashion_mnist, cifar10: where torchvision keeps the files
-    download: bool = True  # mnist, fashion_mnist, cifar10: fetch missing files
-    path: Optional[str] = None  # idx: directory with one *images*idx3-ubyte[.gz] and one *labels*idx1-ubyte[.gz]
-    images: Optional[str] = None  # idx: explicit images file (instead of path)
-    labels: Optional[str] = None  # idx: explicit labels file (instead of path)
-
 
 @dataclass
 class DataBundle:
@@ -76,17 +57,14 @@ class _Split:
     num_classes: int
 
 
-# Datasets that torchvision downloads, by our name -> torchvision.datasets class name.
-TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-
 IDX_IMAGES_MAGIC = 0x0803  # uint8, 3 dimensions (count, rows, columns)
 IDX_LABELS_MAGIC = 0x0801  # uint8, 1 dimension (count)
 
 
-def load_dataset(cfg: Any, device: torch.device | str) -> DataBundle:
-    """Load the dataset that ``cfg`` (the ``dataset`` config node) names onto ``device``."""
-    settings = dataset_settings(cfg)
-    split = LOADERS[settings.name](settings)
+def load_dataset(settings: DatasetConfig, device: torch.device | str) -> DataBundle:
+    """Load the dataset that ``settings`` (the checked ``dataset`` node, see
+    :func:`bnexp.config.dataset_settings`) names onto ``device``."""
+    split = LOADERS[DATASETS[settings.name].split(":")[0]](settings)
     device = torch.device(device)
     train_x = split.train_x[: settings.limit_train].to(device)
     mean, std = _channel_stats(train_x)
@@ -100,38 +78,6 @@ def load_dataset(cfg: Any, device: torch.device | str) -> DataBundle:
         mean=mean,
         std=std,
     )
-
-
-def dataset_settings(cfg: Any) -> DatasetConfig:
-    """Type-check ``cfg`` against :class:`DatasetConfig` (keys it lacks take the defaults) and validate values."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import ConfigKeyError, ValidationError
-
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(DatasetConfig), plain)
-        settings: DatasetConfig = OmegaConf.to_object(merged)
-    except ConfigKeyError as exc:
-        valid = ", ".join(DatasetConfig.__dataclass_fields__)
-        raise BnexpError(f"unknown key dataset.{exc.key}; valid keys: {valid}") from exc
-    except ValidationError as exc:
-        expected = DatasetConfig.__dataclass_fields__[exc.key].type
-        raise BnexpError(f"dataset.{exc.key}={exc.value!r}: expected {expected}") from exc
-    _validate(settings)
-    return settings
-
-
-def _validate(settings: DatasetConfig) -> None:
-    if settings.name not in LOADERS:
-        raise BnexpError(f"dataset={settings.name}: unknown dataset; valid datasets: {', '.join(LOADERS)}")
-    for key in ("limit_train", "limit_val"):
-        value = getattr(settings, key)
-        if value is not None and value < 1:
-            raise BnexpError(f"dataset.{key}={value}: must be >= 1 or null (null keeps every image)")
-    if not 0 < settings.val_fraction < 1:
-        raise BnexpError(f"dataset.val_fraction={settings.val_fraction}: must be between 0 and 1 (exclusive)")
-    if settings.image_size < 1:
-        raise BnexpError(f"dataset.image_size={settings.image_size}: must be >= 1 (pixels per side)")
 
 
 def _channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +138,7 @@ def _load_torchvision(settings: DatasetConfig) -> _Split:
     """Official train split for training, official test split for validation, raw tensors only."""
     import torchvision.datasets
 
-    dataset_class = getattr(torchvision.datasets, TORCHVISION_DATASETS[settings.name])
+    dataset_class = getattr(torchvision.datasets, DATASETS[settings.name].split(":")[1])
     root = _resolve(settings.root)
     try:
         train = dataset_class(str(root), train=True, download=settings.download)
@@ -300,8 +246,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return values.reshape(shape).copy()
 
 
+# How each kind of dataset in bnexp.config.DATASETS is loaded.
 LOADERS: dict[str, Callable[[DatasetConfig], _Split]] = {
     "digits": _load_digits,
-    **{name: _load_torchvision for name in TORCHVISION_DATASETS},
+    "torchvision": _load_torchvision,
     "idx": _load_idx,
 }

@@ -11,15 +11,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from bnexp.config import ACTIVATIONS, MODELS, NORMS, import_object
 from bnexp.errors import BnexpError
-
-_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
 
 
 class NormNet(nn.Sequential):
@@ -30,18 +23,24 @@ class NormNet(nn.Sequential):
         self.norm_sites = [name for name in layers if name.startswith("norm")]
 
 
-def make_norm(kind: str, spatial: bool, num_features: int, eps: float, momentum: float | None) -> nn.Module:
-    """BatchNorm2d after convolutions, BatchNorm1d after linear layers, or an identity site."""
-    if kind == "none":
+def make_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
+    """BatchNorm2d after convolutions, BatchNorm1d after linear layers (from the module that
+    ``norm.kind`` names), or an identity site for ``norm=none``. Ghost batches: the custom layer
+    takes them as an argument, torch's layer is wrapped (:class:`bnexp.norm.GhostBatchNorm`)."""
+    source = NORMS[norm_cfg.kind]
+    if source is None:
         return nn.Identity()
-    if kind == "builtin":
-        from torch.nn import BatchNorm1d, BatchNorm2d
-    elif kind == "custom":
-        from bnexp.norm import BatchNorm1d, BatchNorm2d
-    else:
-        raise BnexpError(f"norm={kind}: valid values are none, custom, builtin")
-    cls = BatchNorm2d if spatial else BatchNorm1d
-    return cls(num_features, eps=eps, momentum=momentum)
+    cls = import_object(f"{source}.BatchNorm{'2d' if spatial else '1d'}")
+    ghost = norm_cfg.ghost_batch_size
+    if norm_cfg.kind == "custom":
+        return cls(num_features, eps=norm_cfg.eps, momentum=norm_cfg.momentum,
+                   **({"ghost_batch_size": ghost} if ghost else {}))
+    layer = cls(num_features, eps=norm_cfg.eps, momentum=norm_cfg.momentum)
+    if ghost:
+        from bnexp.norm import GhostBatchNorm
+
+        return GhostBatchNorm(layer, ghost)
+    return layer
 
 
 class _Builder:
@@ -58,18 +57,19 @@ class _Builder:
 
     def block(self, kind: str, layer: nn.Module, features: int) -> None:
         self.add(kind, layer)
-        n = self.norm_cfg
-        self.add("norm", make_norm(n.kind, kind == "conv", features, n.eps, n.momentum))
-        self.add("act", _ACTIVATIONS[self.model_cfg.activation]())
+        self.add("norm", make_norm(self.norm_cfg, kind == "conv", features))
+        self.add("act", import_object(ACTIVATIONS[self.model_cfg.activation])())
 
 
-def _conv_stack(b: _Builder, in_channels: int, size: tuple[int, int], specs, pool: type[nn.Module]) -> tuple[int, int]:
-    """Add conv blocks from ``(out_channels, kernel, padding)`` specs, each followed by 2x2 pooling."""
+def _conv_stack(b: _Builder, in_channels: int, size: tuple[int, int]) -> int:
+    """Add the model's conv stages (``bnexp.config.MODELS``), each followed by 2x2 pooling; returns
+    the number of features after flattening."""
+    spec = MODELS[b.model_cfg.name]
     h, w = size
     channels = in_channels
-    for out_channels, kernel, padding in specs:
+    for out_channels, (kernel, padding) in zip(b.model_cfg.channels, spec.convs):
         b.block("conv", nn.Conv2d(channels, out_channels, kernel, padding=padding), out_channels)
-        b.add("pool", pool(kernel_size=2, stride=2))
+        b.add("pool", getattr(nn, spec.pool)(kernel_size=2, stride=2))
         h, w = (h + 2 * padding - kernel + 1) // 2, (w + 2 * padding - kernel + 1) // 2
         channels = out_channels
         if h < 1 or w < 1:
@@ -78,24 +78,14 @@ def _conv_stack(b: _Builder, in_channels: int, size: tuple[int, int], specs, poo
                 "use a larger dataset.image_size or model=mlp"
             )
     b.add("flatten", nn.Flatten())
-    return channels * h * w, channels
+    return channels * h * w
 
 
 def build_model(model_cfg, norm_cfg, in_channels: int, image_size: tuple[int, int], num_classes: int) -> NormNet:
-    """Build ``model_cfg.name`` for inputs of shape ``(N, in_channels, *image_size)``."""
+    """Build ``model_cfg.name`` for inputs of shape ``(N, in_channels, *image_size)``: its conv
+    stages, then a ``linear -> norm -> activation`` block per hidden size, then the classifier."""
     b = _Builder(model_cfg, norm_cfg)
-    name = model_cfg.name
-    if name == "mlp":
-        b.add("flatten", nn.Flatten())
-        features = in_channels * image_size[0] * image_size[1]
-    elif name == "lenet":
-        c1, c2 = model_cfg.channels
-        features, _ = _conv_stack(b, in_channels, image_size, [(c1, 5, 2), (c2, 5, 0)], nn.AvgPool2d)
-    elif name == "convnet":
-        c1, c2 = model_cfg.channels
-        features, _ = _conv_stack(b, in_channels, image_size, [(c1, 3, 1), (c2, 5, 0)], nn.MaxPool2d)
-    else:
-        raise BnexpError(f"model={name}: valid values are mlp, lenet, convnet")
+    features = _conv_stack(b, in_channels, image_size)
     for hidden in model_cfg.hidden_sizes:
         b.block("fc", nn.Linear(features, hidden), hidden)
         features = hidden

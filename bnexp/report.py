@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from bnexp.errors import BnexpError
-from bnexp.registry import default_root, resolve
-from bnexp.runs import RUN_FILE, iter_run_dirs, read_json
+from bnexp.registry import default_root
+from bnexp.runs import (CONFIG_FILE, NORM_PARAMS_FILE, OVERRIDES_FILE, RUN_FILE, UnreadableFile, expand,
+                        read_json_object, read_record, read_text, read_yaml_mapping, resolve_all, write_atomic)
+from bnexp.vocab import fmt_number, is_plumbing
 
 NORM_ORDER = ("none", "custom", "builtin")
 NORM_COLORS = {"none": "#7f7f7f", "custom": "#ff7f0e", "builtin": "#1f77b4"}
@@ -38,9 +40,6 @@ DPI = 100
 # (width, height) in inches; at DPI these give the pixel sizes below, whatever the number of runs.
 FIGSIZES = {"curves": (15.0, 4.5), "activations": (15.0, 8.0), "norm_params": (15.0, 4.5)}
 FIGURE_PIXELS = {name: (round(w * DPI), round(h * DPI)) for name, (w, h) in FIGSIZES.items()}
-# Config keys that never explain a difference between runs.
-IGNORED_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
-                "hist_every_steps", "log_channels", "device.type", "eval_batch_size")
 # custom and builtin "agree" at an epoch when their validation accuracies differ by at most this
 AGREE_ACC = 0.001
 # Share of the best validation accuracy among the runs that counts as "converged" in the table.
@@ -86,72 +85,52 @@ class RunData:
 # --- collecting runs ------------------------------------------------------------------------------
 
 
-def target_dir(target: str, root: Path) -> Path:
-    """The directory a target names: itself if it exists, else the run or sweep its id prefix matches."""
-    path = Path(target).expanduser()
-    if path.is_dir():
-        return path
-    if os.sep in target or target.startswith("."):
-        raise BnexpError(f"{target}: no such directory (give a run dir, a sweep dir or a run id prefix)")
-    return resolve(target, root)[1]
-
-
 def collect_run_dirs(targets: Iterable[str], root: Optional[Path] = None) -> list[Path]:
-    """Run directories from run dirs, sweep (or any) dirs holding runs, and run or sweep id prefixes
-    (looked up under ``root``, by default ``$BNEXP_OUTPUT_DIR`` or ``outputs``)."""
-    root = Path(root) if root is not None else default_root()
-    found: list[Path] = []
-    for target in targets:
-        path = target_dir(target, root)
-        dirs = [path] if (path / RUN_FILE).is_file() else list(iter_run_dirs(path))
-        if not dirs:
-            raise BnexpError(f"{target}: no runs in this directory (no run.json below it)")
-        for d in dirs:
-            if d.resolve() not in {f.resolve() for f in found}:
-                found.append(d)
-    if not found:
+    """Run directories from run dirs, sweep (or any) dirs holding runs, and run or sweep ids,
+    prefixes or names (looked up under ``root``, by default ``$BNEXP_OUTPUT_DIR`` or ``outputs``)."""
+    targets = list(targets)
+    if not targets:
         raise BnexpError("no runs given: name run directories, sweep directories or run id prefixes")
-    return found
+    return expand(targets, Path(root) if root is not None else default_root())
 
 
 def load_run(path: Path) -> RunData:
-    """Read one run; missing optional files leave the corresponding parts empty."""
-    from omegaconf import OmegaConf
-
+    """Read one run; missing optional files leave the corresponding parts empty. A run whose
+    run.json cannot be read raises :class:`UnreadableFile` (the report skips it and says why)."""
     from bnexp.config import flatten
 
-    try:
-        summary = read_json(path / RUN_FILE)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BnexpError(f"{path}: unreadable {RUN_FILE} ({exc})") from exc
-    import yaml
-
+    record = read_record(path)
+    summary = record.to_json()
     config: dict = {}
-    overrides = summary.get("overrides") or []
+    overrides = list(record.overrides)
     try:  # both optional: run.json names the model, norm and dataset too
-        if (path / "config.yaml").is_file():
-            config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False))
-        if not overrides and (path / "overrides.yaml").is_file():
-            overrides = list(OmegaConf.to_container(OmegaConf.load(path / "overrides.yaml")) or [])
-    except (OSError, ValueError, yaml.YAMLError):
+        if (path / CONFIG_FILE).exists():
+            config = flatten(read_yaml_mapping(path / CONFIG_FILE))
+        if not overrides and (path / OVERRIDES_FILE).exists():
+            import yaml
+
+            overrides = list(yaml.safe_load(read_text(path / OVERRIDES_FILE)) or [])
+    except (UnreadableFile, ValueError, TypeError):
         pass
     run = RunData(path=path, summary=summary, config=config, overrides=[str(o) for o in overrides])
     metrics_file = path / "metrics.jsonl"
     if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
+        for line in read_text(metrics_file, limit=1 << 40).splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line being written while we read
+            if not isinstance(record, dict):
+                continue
             bucket = {"train": run.train, "epoch": run.epochs, "activation": run.activations}.get(record.get("kind"))
             if bucket is not None:
                 bucket.append(record)
     else:
         run.train, run.epochs = scalars_from_events(path)
-    if (path / "norm_params.json").is_file():
+    if (path / NORM_PARAMS_FILE).exists():
         try:
-            run.norm_params = read_json(path / "norm_params.json")
-        except (OSError, json.JSONDecodeError):
+            run.norm_params = read_json_object(path / NORM_PARAMS_FILE)
+        except UnreadableFile:
             run.norm_params = {}
     return run
 
@@ -186,8 +165,7 @@ def differing_keys(runs: list[RunData]) -> list[str]:
     """Config keys (besides the norm, which the colour shows) whose values differ between runs."""
     from bnexp.registry import differing_keys as registry_differing_keys
 
-    return sorted(k for k in registry_differing_keys([r.config for r in runs])
-                  if k != "norm.kind" and k not in IGNORED_KEYS and k.split(".")[0] not in IGNORED_KEYS)
+    return sorted(k for k in registry_differing_keys([r.config for r in runs]) if k != "norm.kind")
 
 
 def _short(key: str) -> str:
@@ -238,8 +216,10 @@ def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, format="png")
     buffer.seek(0)
+    out = io.BytesIO()
     with Image.open(buffer) as image:
-        image.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
+        image.convert("RGB").quantize(colors=256).save(out, format="PNG", optimize=True)
+    write_atomic(path, out.getvalue())
     return path
 
 
@@ -429,12 +409,11 @@ def plot_norm_params(runs: list[RunData], path: Path) -> Path:
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any) -> str:
+    """Report tables: vocab's number format, an em dash for missing or non-finite values."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return fmt_number(value)
 
 
 def _delta(value: Optional[float]) -> str:
@@ -486,8 +465,7 @@ def agreement(runs: list[RunData]) -> list[dict[str, str]]:
     """For each custom/builtin pair with otherwise equal settings: how far apart their curves are."""
     def key_of(run: RunData) -> tuple:
         return tuple(sorted((k, repr(v)) for k, v in run.config.items()
-                            if not k.startswith("norm.") and k not in IGNORED_KEYS
-                            and k.split(".")[0] not in IGNORED_KEYS))
+                            if not k.startswith("norm.") and not is_plumbing(k)))
 
     rows = []
     by_key: dict[tuple, dict[str, RunData]] = {}
@@ -538,14 +516,33 @@ def default_out_dir(targets: list[str], root: Optional[Path] = None) -> Path:
     run); for several, ``<output_dir>/reports/<timestamp>``."""
     base = Path(root) if root is not None else default_root()
     if len(targets) == 1:
-        return target_dir(targets[0], base) / "report"
+        (_, folder), = resolve_all(targets, base, allow_plain_dirs=True)
+        return folder / "report"
     return base / "reports" / time.strftime("%Y%m%d-%H%M%S")
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """A default report folder must stay inside the folder it reports on: a planted ``report``
+    symlink pointing elsewhere is refused, not written through."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.resolve().is_relative_to(out_dir.parent.resolve())):
+        raise BnexpError(f"{out_dir} is a symlink to {out_dir.resolve()}, outside {out_dir.parent}; refusing to "
+                         "write through it (remove it, or choose a folder with --out)")
+
+
 def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = None,
-                 sources: Optional[list[str]] = None) -> dict[str, Path]:
-    """Write the figures and ``report.md`` into ``out_dir``; returns ``{name: path}``."""
-    runs = [load_run(p) for p in run_dirs]
+                 sources: Optional[list[str]] = None, skipped: Optional[list[str]] = None) -> dict[str, Path]:
+    """Write the figures and ``report.md`` into ``out_dir``; returns ``{name: path}``. Runs whose
+    record cannot be read are left out, each with its reason appended to ``skipped``."""
+    runs = []
+    for path in run_dirs:
+        try:
+            runs.append(load_run(path))
+        except UnreadableFile as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+    if not runs:
+        raise BnexpError("none of the runs could be read: " + "; ".join(skipped or []))
     keys = differing_keys(runs)
     runs.sort(key=lambda r: _sort_key(r, keys))
     label_runs(runs, keys)
@@ -560,7 +557,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = Non
         "norm_params": plot_norm_params(runs, out_dir / "norm_params.png"),
     }
     report = out_dir / "report.md"
-    report.write_text(render_markdown(runs, keys, out_dir, written, title, sources))
+    write_atomic(report, render_markdown(runs, keys, out_dir, written, title, sources))
     written["report"] = report
     return written
 

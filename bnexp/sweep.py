@@ -19,33 +19,26 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from bnexp.callbacks import Callback
+from bnexp.config import one_line, validate_name
 from bnexp.dashboard import write_sweep_experiment
 from bnexp.errors import BnexpError
-from bnexp.registry import PLUMBING_KEYS, STATUS_STYLE, SWEEP_FILE, fmt_number, override_key, read_sweep, sort_runs
-from bnexp.runs import RUN_FILE, iter_run_dirs, now_iso, read_json, write_json
+from bnexp.registry import load_record, override_key, read_sweep, sort_runs
+from bnexp.runs import (CHECKPOINT_FILE, RUN_FILE, SWEEP_FILE, DirLock, Run, RunRecord, UnreadableFile, busy_message,
+                        is_locked, iter_run_dirs, now_iso, owner_info, read_record, resolve, unique_dir, write_json)
+from bnexp.vocab import OBJECTIVES, RESUMABLE, STATUS_STYLE, fmt_number, fmt_seconds, higher_is_better, is_plumbing
 
-METRICS = ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss")
 SAMPLERS = ("tpe", "random")
 # Hydra logs nothing itself (the sweep prints its own lines) and jobs keep the working directory.
 HYDRA_DEFAULTS = {"hydra/job_logging": "none", "hydra/hydra_logging": "none", "hydra.job.chdir": "false"}
 # Launcher setting that `--jobs N` sets: how many jobs run at once.
 PARALLEL_SETTING = {"joblib": "n_jobs", "submitit_slurm": "array_parallelism"}
-
-
-def maximize(metric: str) -> bool:
-    return "acc" in metric
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass
@@ -210,8 +203,8 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
 
     from bnexp.config import load
 
-    if metric not in METRICS:
-        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(METRICS)}")
+    if metric not in OBJECTIVES:
+        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(OBJECTIVES)}")
     if sampler not in SAMPLERS:
         raise BnexpError(f"--sampler {sampler}: valid samplers are {', '.join(SAMPLERS)}")
     if trials is not None and trials < 1:
@@ -250,44 +243,86 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
 # ---------------------------------------------------------------------------------------------
 # The job: Hydra's task function
 
+# Launchers whose jobs run in worker processes on this machine (basic runs them in the sweep's own
+# process; Slurm jobs outlive the submitting process by design).
+LOCAL_WORKERS = ("joblib", "LocalLauncher")
 
-def job_row(summary: dict, run_dir: Path) -> dict:
-    """What the sweep table needs of one job; shaped like a run record so the registry sorts it."""
-    keys = ("id", "status", "overrides", "metrics", "duration_s", "message", "started")
-    number = run_dir.name[len(run_dir.parent.name) + 1:].split("-")[0]  # <sweep id>-<number>-<model>-<norm>
-    return {**{k: summary.get(k) for k in keys}, "dir": str(run_dir), "num": int(number) if number.isdigit() else None}
+
+def job_number(record) -> Optional[int]:
+    """A job's number, from its directory name ``<sweep id>-<number>-<model>-<norm>``."""
+    if not record.dir:
+        return None
+    run_dir = Path(record.dir)
+    number = run_dir.name[len(run_dir.parent.name) + 1:].split("-")[0]
+    return int(number) if number.isdigit() else None
+
+
+class OrphanWatch(Callback):
+    """Stops a job (as interrupted, its checkpoint kept) once the sweep that launched it is gone
+    (its lock on the sweep directory released): a worker process must not train on for minutes
+    after its sweep was killed."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir, self.checked = sweep_dir, time.monotonic()
+
+    def on_step(self, loop):
+        now = time.monotonic()
+        if now - self.checked >= 1.0:
+            self.checked = now
+            if not is_locked(self.sweep_dir):
+                raise KeyboardInterrupt
 
 
 def run_job(cfg) -> dict:
     """Train one job in its job directory (an ordinary run directory). A failure is recorded in the
-    job's run.json and returned, never raised, so one bad job does not stop the sweep."""
+    job's run.json and returned, never raised, so one bad job does not stop the sweep; Ctrl-C
+    (or the sweep's death) stops the job as interrupted and is raised. A job directory left by an
+    earlier attempt (``bnexp sweep --resume``) is continued from its checkpoint, or started over."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bnexp.config import check_schema, validate
-    from bnexp.train import train
+    from bnexp.config import check_schema, load_saved, validate
+    from bnexp.train import Interrupted, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    local_worker = any(name in str(hydra_cfg.launcher.get("_target_", "")) for name in LOCAL_WORKERS)
+    watch = [OrphanWatch(run_dir.parent)] if local_worker else []
     message = None
     try:
-        cfg = check_schema(cfg)
-        if cfg.threads is None:
-            cfg.threads = threads_per_job(hydra_cfg.launcher)
-        validate(cfg)
-        train(cfg, overrides, run_dir=run_dir, progress=False)
+        if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
+            saved, saved_overrides = load_saved(run_dir)
+            train(saved, saved_overrides, resume=run_dir, progress=False, callbacks=watch)
+        else:
+            _clear_job_dir(run_dir)
+            cfg = check_schema(cfg)
+            if cfg.threads is None:
+                cfg.threads = threads_per_job(hydra_cfg.launcher)
+            validate(cfg)
+            train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
+    except Interrupted:
+        raise KeyboardInterrupt from None
     except Exception as exc:  # the run's status says what happened; the sweep goes on
         message = one_line(exc)
     if (run_dir / RUN_FILE).is_file():
-        row = job_row(read_json(run_dir / RUN_FILE), run_dir)
+        row = load_record(run_dir)
     else:  # failed before the run existed (e.g. its dataset could not be loaded)
-        row = {"id": run_dir.name, "status": "failed", "overrides": overrides, "metrics": {}, "duration_s": 0.0,
-               "message": message, "dir": str(run_dir), "num": hydra_cfg.job.num}
-    best = (row["metrics"] or {}).get("best_val_acc")
-    shown = f"best val acc {best:.4f}" if isinstance(best, (int, float)) else (row["message"] or "")
-    chosen = " ".join(o for o in overrides if override_key(o) not in PLUMBING_KEYS)
-    print(f"job {hydra_cfg.job.num} {row['status']} in {row['duration_s'] or 0:.1f} s ({shown}): {chosen}", flush=True)
+        row = RunRecord(id=run_dir.name, status="failed", overrides=overrides, message=message, dir=str(run_dir))
+    best = row.metric("best_val_acc")
+    shown = f"best val acc {best:.4f}" if best is not None else (row.message or "")
+    chosen = " ".join(o for o in overrides if not is_plumbing(o))
+    print(f"job {job_number(row)} {row.status} in {fmt_seconds(row.duration_s)} ({shown}): {chosen}", flush=True)
     return row
+
+
+def _clear_job_dir(run_dir: Path) -> None:
+    """An earlier attempt that left no checkpoint starts over: its files go, Hydra's own stay."""
+    if (run_dir / RUN_FILE).exists():
+        if is_locked(run_dir):
+            raise BnexpError(busy_message(run_dir))
+        for path in run_dir.iterdir():
+            if path.name != ".hydra":
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,19 +331,9 @@ def run_job(cfg) -> dict:
 
 def new_sweep_dir(output_dir: str, name: Optional[str]) -> Path:
     """``<output_dir>/sweeps/20261122-181503-sweep[-name]-3fa2``, created empty."""
-    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", name):
-        raise BnexpError(f"--name {name}: use letters, digits, '.' and '_' only")
-    parent = Path(output_dir) / "sweeps"
-    parent.mkdir(parents=True, exist_ok=True)
+    validate_name("--name", name)
     label = f"-{name}" if name else ""
-    for _ in range(100):
-        path = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-sweep{label}-{secrets.token_hex(2)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise BnexpError(f"could not create a unique sweep directory under {parent}")
+    return unique_dir(Path(output_dir) / "sweeps", f"{time.strftime('%Y%m%d-%H%M%S')}-sweep{label}")
 
 
 def _hydra_overrides(p: Plan, sweep_dir: Path) -> list[str]:
@@ -326,6 +351,7 @@ class _Hydra:
     """Hydra's app object for this sweep: composes the multirun config, builds sweeper/launcher."""
 
     def __init__(self, p: Plan, sweep_dir: Path, task_overrides: list[str]):
+        self.dir = sweep_dir
         from hydra import version
         from hydra._internal.callbacks import Callbacks
         from hydra._internal.hydra import Hydra
@@ -362,17 +388,24 @@ class _Hydra:
             return jobs or int(launcher.array_parallelism)
         return jobs or 1
 
-    def sweep(self) -> list:
-        """Hydra's multirun: BasicSweeper expands the grid and hands it to the launcher."""
+    def sweep(self, pending: Optional[dict[int, list[str]]] = None) -> list:
+        """Hydra's multirun: BasicSweeper expands the grid and hands it to the launcher. A continued
+        sweep launches only its ``pending`` jobs, each into its own earlier directory."""
         from hydra.core.plugins import Plugins
         from omegaconf import OmegaConf
 
         self.callbacks.on_multirun_start(config=self.cfg, config_name="config")
-        sweeper = Plugins.instance().instantiate_sweeper(config=self.cfg, hydra_context=self.context,
-                                                         task_function=run_job)
-        returns = sweeper.sweep(arguments=OmegaConf.to_container(self.cfg.hydra.overrides.task))
+        if pending is None:
+            sweeper = Plugins.instance().instantiate_sweeper(config=self.cfg, hydra_context=self.context,
+                                                             task_function=run_job)
+            returns = sweeper.sweep(arguments=OmegaConf.to_container(self.cfg.hydra.overrides.task))
+            returns = [r for batch in returns for r in batch]
+        else:
+            jobs = [[*job, f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
+                    for i, job in pending.items()]
+            returns = self.launcher().launch(jobs, initial_job_idx=0) if jobs else []
         self.callbacks.on_multirun_end(config=self.cfg, config_name="config")
-        return [r for batch in returns for r in batch]
+        return returns
 
     def launcher(self):
         from hydra.core.plugins import Plugins
@@ -381,7 +414,7 @@ class _Hydra:
                                                        config=self.cfg)
 
 
-def _returned_rows(returns) -> list[dict]:
+def _returned_rows(returns) -> list[RunRecord]:
     from hydra.core.utils import JobStatus
 
     rows = []
@@ -390,54 +423,117 @@ def _returned_rows(returns) -> list[dict]:
             rows.append(r.return_value)
         else:  # the task function itself broke (it catches training errors); reading
             # r.return_value would re-raise its exception, hence the private attribute
-            rows.append({"id": None, "status": "failed", "overrides": list(r.overrides or []), "metrics": {},
-                         "duration_s": 0.0, "message": one_line(r._return_value), "dir": None, "num": None})
+            if isinstance(r._return_value, KeyboardInterrupt):
+                raise KeyboardInterrupt
+            rows.append(RunRecord(id="?", status="failed", overrides=list(r.overrides or []),
+                                  message=one_line(r._return_value)))
     return rows
 
 
-def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> tuple[Path, "_Hydra"]:
-    """Create the sweep directory and its sweep.json; a Hydra error removes the directory again."""
+@dataclass
+class Session:
+    """A sweep being run by this process: its plan, directory, Hydra app and lock."""
+
+    plan: Plan
+    dir: Path
+    hydra: "_Hydra"
+    lock: DirLock
+
+    def save(self, **changes: Any) -> dict:
+        """Update sweep.json (as stored, not as shown) with ``changes``."""
+        from bnexp.runs import read_json_object
+
+        sweep = read_json_object(self.dir / SWEEP_FILE)
+        sweep.update(changes)
+        write_json(self.dir / SWEEP_FILE, sweep)
+        return sweep
+
+
+def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> Session:
+    """Create the sweep directory, lock it and write sweep.json; a Hydra error removes it again."""
     sweep_dir = new_sweep_dir(p.output_dir, name)
     try:
+        lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
         app = _Hydra(p, sweep_dir, p.overrides if p.kind == "grid" else p.fixed)
+        p.jobs_at_once = app.jobs_at_once(p, jobs)
+        write_json(sweep_dir / SWEEP_FILE, {"id": sweep_dir.name, "status": "running", "started": now_iso(),
+                                            "ended": None, "owner": owner_info(), "heartbeat": now_iso(),
+                                            **asdict(p), "jobs": []})
+        write_sweep_experiment(sweep_dir, app.task_params(), p.swept)
     except BaseException:
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
-    p.jobs_at_once = app.jobs_at_once(p, jobs)
-    write_json(sweep_dir / SWEEP_FILE, {"id": sweep_dir.name, "status": "running", "started": now_iso(),
-                                        "ended": None, **asdict(p), "jobs": []})
-    write_sweep_experiment(sweep_dir, app.task_params(), p.swept)
-    return sweep_dir, app
+    return Session(p, sweep_dir, app, lock)
 
 
-def finish(sweep_dir: Path, status: str, rows: list[dict] = (), **extra: Any) -> dict:
-    """Record the sweep's status and every job's outcome (``rows`` merged into those known) in sweep.json."""
-    sweep = read_sweep(sweep_dir)
-    sweep.update(status=status, ended=None if status == "running" else now_iso(),
-                 jobs=job_rows(sweep_dir, list(rows)), **extra)
-    write_json(sweep_dir / SWEEP_FILE, sweep)
-    return sweep
+def finish(session: Session, status: str, rows: list = (), **extra: Any) -> dict:
+    """Record the sweep's status and every job's outcome (``rows`` merged into those known)."""
+    ended = status != "running"
+    return session.save(status=status, ended=now_iso() if ended else None, heartbeat=now_iso(),
+                        owner=None if ended else owner_info(),
+                        jobs=[r.as_dict() for r in job_rows(session.dir, list(rows))], **extra)
 
 
-def run(p: Plan, sweep_dir: Path, app: "_Hydra") -> list[dict]:
-    """Launch every job; returns the rows of all the sweep's jobs. A launcher that fails before any
-    job ran removes the sweep directory: nothing is left half-written."""
-    extra: dict[str, Any] = {}
+def run(session: Session) -> list[RunRecord]:
+    """Launch every job (of a resumed sweep: every job not yet completed or diverged); returns the
+    rows of all the sweep's jobs. A launcher that fails before any job ran removes a new sweep's
+    directory: nothing is left half-written. Ctrl-C or SIGTERM stops the workers, and their jobs
+    are recorded as interrupted."""
+    p, extra = session.plan, {}
     try:
         if p.kind == "grid":
-            rows = _returned_rows(app.sweep())
+            rows = _returned_rows(session.hydra.sweep(pending_jobs(session.dir, p)))
         else:
-            rows, extra["optuna"] = _optimize(p, sweep_dir, app)
+            rows, extra["optuna"] = _optimize(session)
     except KeyboardInterrupt:
-        finish(sweep_dir, "interrupted")
+        reap(session.dir)
+        finish(session, "interrupted")
+        session.lock.release()
         raise
     except Exception as exc:
-        if not any(iter_run_dirs(sweep_dir)):
-            shutil.rmtree(sweep_dir, ignore_errors=True)
+        session.lock.release()
+        if not any(iter_run_dirs(session.dir)) and not read_record_safe(session.dir):
+            shutil.rmtree(session.dir, ignore_errors=True)
             raise BnexpError(f"sweep failed before any job ran (launcher {p.launcher}): {one_line(exc)}") from None
-        finish(sweep_dir, "failed")
-        raise BnexpError(f"sweep stopped (launcher {p.launcher}): {one_line(exc)}; its jobs so far: {sweep_dir}") from None
-    return finish(sweep_dir, "completed", rows, **extra)["jobs"]
+        finish(session, "failed")
+        raise BnexpError(f"sweep stopped (launcher {p.launcher}): {one_line(exc)}; its jobs so far: {session.dir}") from None
+    jobs = finish(session, "completed", rows, **extra)["jobs"]
+    session.lock.release()
+    return [RunRecord(**{k: v for k, v in j.items() if k in RunRecord.__dataclass_fields__}) for j in jobs]
+
+
+def read_record_safe(sweep_dir: Path) -> bool:
+    """Whether sweep.json already lists jobs (a resumed sweep keeps its directory, whatever happens)."""
+    try:
+        return bool(read_sweep(sweep_dir).get("jobs"))
+    except UnreadableFile:
+        return False
+
+
+def reap(sweep_dir: Path, wait_s: float = 10.0) -> int:
+    """After the sweep was stopped: every job still marked running is recorded as interrupted once
+    its worker is gone (waiting up to ``wait_s`` for workers to exit). Returns how many."""
+    deadline = time.monotonic() + wait_s
+    reaped = 0
+    for run_dir in iter_run_dirs(sweep_dir):
+        try:
+            if read_record(run_dir).status != "running":
+                continue
+        except UnreadableFile:
+            continue
+        while is_locked(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            run = Run.open(run_dir)
+        except BnexpError:
+            continue  # still held: that job is ending on its own and records its own status
+        try:
+            if run.record.status == "running":
+                run.finish("interrupted", f"its sweep was stopped; continue with: bnexp sweep --resume {sweep_dir.name}")
+                reaped += 1
+        finally:
+            run.close()
+    return reaped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,14 +541,18 @@ def run(p: Plan, sweep_dir: Path, app: "_Hydra") -> list[dict]:
 
 
 def _study(p: Plan, sweep_dir: Path):
+    """The study in ``study.db``. The sampler's seed is advanced by the trials the study already
+    has: a continued search starts a new random stream instead of proposing its first points again."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = (optuna.samplers.TPESampler(seed=p.sampler_seed) if p.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=p.sampler_seed))
-    return optuna.create_study(storage=f"sqlite:///{sweep_dir / 'study.db'}", study_name=sweep_dir.name,
-                               sampler=sampler, direction="maximize" if maximize(p.metric) else "minimize",
-                               load_if_exists=True)
+    storage = f"sqlite:///{sweep_dir / 'study.db'}"
+    direction = "maximize" if higher_is_better(p.metric) else "minimize"
+    study = optuna.create_study(storage=storage, study_name=sweep_dir.name, direction=direction, load_if_exists=True)
+    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False))
+    study.sampler = (optuna.samplers.TPESampler(seed=seed) if p.sampler == "tpe"
+                     else optuna.samplers.RandomSampler(seed=seed))
+    return study
 
 
 def _trial_overrides(p: Plan, space: dict[str, Any], params: dict[str, Any]) -> list[str]:
@@ -465,32 +565,33 @@ def _trial_overrides(p: Plan, space: dict[str, Any], params: dict[str, Any]) -> 
     return p.fixed + sampled
 
 
-def _optimize(p: Plan, sweep_dir: Path, app: "_Hydra") -> tuple[list[dict], dict]:
+def _optimize(session: Session) -> tuple[list[RunRecord], dict]:
     """Ask a batch of trials, launch them as Hydra jobs (job number = trial number), tell the results.
     Completed and diverged jobs report their metric; a job without one is a failed trial. Trials an
     interrupted sweep left running are marked failed first."""
     import optuna.distributions as od
     from optuna.trial import TrialState
 
-    study, launcher = _study(p, sweep_dir), app.launcher()
+    p = session.plan
+    study, launcher = _study(p, session.dir), session.hydra.launcher()
     space = {k: od.json_to_distribution(v) for k, v in p.space.items()}
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         study.tell(stale.number, state=TrialState.FAIL)
-    rows: list[dict] = []
+    rows: list[RunRecord] = []
     while (remaining := p.trials - len(study.get_trials(deepcopy=False))) > 0:
         batch = [study.ask(space) for _ in range(min(p.jobs_at_once, remaining))]
         results = _returned_rows(launcher.launch([_trial_overrides(p, space, t.params) for t in batch],
                                                  initial_job_idx=batch[0].number))
         for trial, row in zip(batch, results):
-            value = (row["metrics"] or {}).get(p.metric)
-            if row["id"]:
-                trial.set_user_attr("run", row["id"])
-            if row["status"] in ("completed", "diverged") and isinstance(value, (int, float)) and math.isfinite(value):
+            value = row.metric(p.metric)
+            if row.dir:
+                trial.set_user_attr("run", row.id)
+            if row.status in ("completed", "diverged") and value is not None and math.isfinite(value):
                 study.tell(trial.number, value)
             else:
                 study.tell(trial.number, state=TrialState.FAIL)
         rows += results
-        finish(sweep_dir, "running", rows, optuna=study_summary(study))
+        finish(session, "running", rows, optuna=study_summary(study))
     return rows, study_summary(study)
 
 
@@ -507,66 +608,91 @@ def study_summary(study) -> dict:
     return summary
 
 
-def resume_plan(ref: str, trials: Optional[int], jobs: Optional[int]) -> tuple[Plan, Path, "_Hydra"]:
-    """The plan of an earlier Optuna sweep, to continue its study in its own directory up to ``trials``."""
+# ---------------------------------------------------------------------------------------------
+# Continuing a sweep
+
+
+def pending_jobs(sweep_dir: Path, p: Plan) -> Optional[dict[int, list[str]]]:
+    """Of a grid, the jobs still to run by number: all of them for a new sweep (None), else those
+    not completed or diverged (failed, interrupted, dead, or never started)."""
+    done = {job_number(r): r.status for r in job_rows(sweep_dir) if job_number(r) is not None}
+    if not done:
+        return None
+    return {i: job for i, job in enumerate(p.grid) if done.get(i) not in ("completed", "diverged")}
+
+
+def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: Optional[int] = None) -> Session:
+    """Continue an earlier sweep in its own directory: a grid re-runs the jobs that did not complete
+    (continuing each from its checkpoint); a search goes on up to ``trials`` trials."""
     from bnexp.config import load
-    from bnexp.registry import resolve
 
     kind, sweep_dir = resolve(ref, Path(load([]).output_dir))
-    sweep = read_sweep(sweep_dir) if kind == "sweep" else {}
-    if sweep.get("kind") != "optuna":
-        raise BnexpError(f"--study {ref}: {sweep_dir.name} is not an Optuna search (those are made with --trials)")
-    if trials is not None and trials < 1:
-        raise BnexpError(f"--trials {trials}: must be >= 1")
-    p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
-    p.trials = trials or p.trials
+    if kind != "sweep":
+        raise BnexpError(f"{ref} is a run, not a sweep; continue a run with: bnexp train resume={sweep_dir.name}")
     sweep_dir = sweep_dir.resolve()
-    app = _Hydra(p, sweep_dir, p.fixed)
-    if jobs:
-        p.jobs_at_once = app.jobs_at_once(p, jobs)
-    sweep.update(status="running", ended=None, trials=p.trials, jobs_at_once=p.jobs_at_once)
-    write_json(sweep_dir / SWEEP_FILE, sweep)
-    return p, sweep_dir, app
+    lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
+    try:
+        sweep = read_sweep(sweep_dir)
+        p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+        if trials is not None:
+            if p.kind != "optuna":
+                raise BnexpError(f"--trials {trials}: {sweep_dir.name} is a grid; --trials continues Optuna searches")
+            if trials < 1:
+                raise BnexpError(f"--trials {trials}: must be >= 1")
+            p.trials = trials
+        if sampler_seed is not None:
+            p.sampler_seed = sampler_seed
+        app = _Hydra(p, sweep_dir, p.fixed if p.kind == "optuna" else p.overrides)
+        if jobs:
+            p.jobs_at_once = app.jobs_at_once(p, jobs)
+        session = Session(p, sweep_dir, app, lock)
+        session.save(status="running", ended=None, owner=owner_info(), heartbeat=now_iso(), trials=p.trials,
+                     jobs_at_once=p.jobs_at_once, sampler_seed=p.sampler_seed)
+        return session
+    except BaseException:
+        lock.release()
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading a sweep back
 
 
-def job_rows(sweep_dir: Path, new_rows: list[dict] = ()) -> list[dict]:
+def job_rows(sweep_dir: Path, new_rows: list = ()) -> list[RunRecord]:
     """Every job of a sweep, fresh from each job's run.json, plus jobs recorded without one (they
     failed before training started). Jobs deleted since (``bnexp rm``) are dropped."""
-    known = list(read_sweep(sweep_dir).get("jobs", [])) + list(new_rows)
-    rows = {row.get("id") or f"#{i}": row for i, row in enumerate(known)}
+    try:
+        known = [RunRecord(**{k: v for k, v in j.items() if k in RunRecord.__dataclass_fields__})
+                 for j in read_sweep(sweep_dir).get("jobs", []) if isinstance(j, dict) and "id" in j]
+    except (UnreadableFile, TypeError):
+        known = []
+    rows = {(r.dir or f"#{i}"): r for i, r in enumerate([*known, *new_rows])}
     for run_dir in iter_run_dirs(sweep_dir):
-        try:
-            rows[run_dir.name] = job_row(read_json(run_dir / RUN_FILE), run_dir)
-        except (OSError, ValueError):
-            continue
-    return [row for row in rows.values() if not row.get("dir") or Path(row["dir"]).exists()]
+        record = load_record(run_dir)
+        record.sweep = sweep_dir.name
+        rows[str(run_dir)] = record
+    return [row for key, row in rows.items() if not row.dir or Path(row.dir).exists()]
 
 
-def swept_part(row: dict, swept: list[str]) -> list[str]:
-    return [o for o in row.get("overrides") or [] if override_key(o) in swept]
+def swept_part(row, swept: list[str]) -> list[str]:
+    return [o for o in row.overrides if override_key(o) in swept]
 
 
-def table(sweep: dict, rows: list[dict], metric: str):
+def table(sweep: dict, rows: list, metric: str):
     """The Rich table of a sweep's jobs, best first by ``metric``; failed jobs last."""
     from rich.table import Table
 
     rows = sort_runs(rows, metric)
-    best = next((r for r in rows if r["status"] == "completed"), None)
-    t = Table(title=f"sweep {sweep['id']} ({sweep.get('kind', 'grid')}, {len(rows)} jobs, sorted by {metric})",
+    best = next((r for r in rows if r.status == "completed"), None)
+    t = Table(title=f"sweep {sweep.get('id')} ({sweep.get('kind', 'grid')}, {len(rows)} jobs, sorted by {metric})",
               title_justify="left")
     for name, justify in (("#", "right"), ("overrides", "left"), ("status", "left"), ("val acc", "right"),
                           ("best val acc", "right"), ("time", "right")):
         t.add_column(name, justify=justify, no_wrap=name != "overrides")
     for row in rows:
-        m = row.get("metrics") or {}
-        style = STATUS_STYLE.get(row["status"], "red")
-        values = [fmt_number(m.get(k)) for k in ("val_acc", "best_val_acc")]
-        t.add_row(str(row["num"] if row["num"] is not None else "?"), " ".join(swept_part(row, sweep.get("swept", []))),
-                  f"[{style}]{row['status']}[/{style}]", *values, f"{row.get('duration_s') or 0:.1f} s",
-                  style="bold" if row is best else None)
+        style = STATUS_STYLE.get(row.status, "red")
+        number = job_number(row)
+        t.add_row("?" if number is None else str(number), " ".join(swept_part(row, sweep.get("swept", []))),
+                  f"[{style}]{row.status}[/{style}]", *[fmt_number(row.metric(k)) for k in ("val_acc", "best_val_acc")],
+                  fmt_seconds(row.duration_s), style="bold" if row is best else None)
     return t
-

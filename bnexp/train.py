@@ -2,41 +2,46 @@
 
 The data live on the target device as tensors; each step indexes a shuffled permutation,
 normalizes the batch in one op and runs forward/backward/step. Shuffling is seeded per epoch,
-so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+so a run resumed from its checkpoint sees exactly the batches an uninterrupted run would.
+Everything that watches training (run record, TensorBoard, progress bar, checkpoints,
+diagnostics) is a listener (:mod:`bnexp.callbacks`); the loop itself fits on one screen.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from bnexp.callbacks import Callback, Callbacks, Checkpointer, Outcome, ProgressBar, RunLog, TrainLog
+from bnexp.checkpoint import Progress, load_checkpoint, restore, write_failure
+from bnexp.config import OPTIMIZERS, dataset_settings, import_object, override_value
 from bnexp.errors import BnexpError
-from bnexp.runs import create_run_dir, new_run_id, now_iso, read_json, write_atomic, write_json
-from bnexp.telemetry import Telemetry
+from bnexp.runs import (CHECKPOINT_FILE, CONFIG_FILE, OVERRIDES_FILE, Run, RunRecord, now_iso, run_stem,
+                        unique_dir)
 
 
 class Diverged(BnexpError):
     exit_code = 3
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint needs to continue a run exactly where it stopped."""
+class Interrupted(BnexpError):
+    """Ctrl-C or SIGTERM: the run is kept as ``interrupted`` with its last checkpoint."""
 
-    epoch: int = 0  # completed epochs
-    step: int = 0
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    metrics: dict = field(default_factory=dict)
+    exit_code = 130
+    label = "interrupted"
 
 
 def resolve_device(kind: str) -> torch.device:
@@ -53,15 +58,14 @@ def resolve_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
-def make_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.name`` names in :data:`bnexp.config.OPTIMIZERS`, given the keys it takes."""
+    dotted, keys = OPTIMIZERS[cfg.name]
+    kwargs = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in keys}
+    return import_object(dotted)(params, **kwargs)
 
 
-def make_scheduler(cfg: DictConfig, optimizer, total_steps: int):
+def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -77,9 +81,12 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_single: b
 
 
 @torch.no_grad()
-def evaluate(model, data, x_all, y_all, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode (BN uses its running statistics)."""
-    model.eval()
+def evaluate(model, data, x_all, y_all, batch_size: int, batch_stats: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy. BN normalizes with its running statistics (eval mode), or
+    with each evaluation batch's own statistics when ``batch_stats`` (train mode, running statistics
+    saved and put back, so evaluating leaves no trace)."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()} if batch_stats else None
+    model.train(batch_stats)
     loss_sum = torch.zeros((), device=x_all.device)
     correct = torch.zeros((), device=x_all.device, dtype=torch.long)
     for start in range(0, len(x_all), batch_size):
@@ -88,212 +95,197 @@ def evaluate(model, data, x_all, y_all, batch_size: int) -> tuple[float, float]:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+    if saved is not None:
+        model.load_state_dict(saved)
     model.train()
     n = max(len(x_all), 1)
     return loss_sum.item() / n, correct.item() / n
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, cfg: DictConfig) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "state": asdict(state),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }, tmp)
-    os.replace(tmp, path)
+@dataclass
+class Loop:
+    """One run's training state, as the loop advances it and listeners read it."""
+
+    cfg: DictConfig
+    model: torch.nn.Module  # what the step calls (a DistributedDataParallel wrapper with nproc > 1)
+    module: torch.nn.Module  # the model itself: its state dict, its norm sites
+    data: object  # bnexp.data.DataBundle
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    progress: Progress
+    total_steps: int
+    epochs: int
+    uses_bn: bool
+    started: float  # perf_counter() at the start, minus the time earlier sessions of the run took
+    compile_s: float = 0.0
+    epoch: int = 0  # the epoch being trained, from 1
+    hist_due: bool = False  # this step's forward/backward should be captured for histograms
+    run: Optional[Run] = None
+    record_every: int = 0  # hist_every_steps, as a plain int (an OmegaConf read costs ~20 us)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.train_x.device
 
 
-class Run:
-    """A run directory being written: config files, run.json and metrics.jsonl."""
+@dataclass
+class Window:
+    """Running sums since the last training log."""
 
-    def __init__(self, path: Path, summary: dict):
-        self.path, self.summary = path, summary
-
-    @classmethod
-    def create(cls, cfg: DictConfig, overrides: list[str], run_dir: Optional[Path], device: torch.device) -> "Run":
-        if run_dir is None:
-            run_dir = create_run_dir(Path(cfg.output_dir) / "runs", new_run_id(cfg.model.name, cfg.norm.kind, cfg.name))
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-        summary = {
-            "id": run_dir.name, "status": "running", "started": now_iso(), "ended": None, "duration_s": 0.0,
-            "model": cfg.model.name, "norm": cfg.norm.kind, "dataset": cfg.dataset.name,
-            "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "batch_size": cfg.batch_size,
-            "epochs": cfg.epochs, "seed": cfg.seed, "overrides": list(overrides), "device": str(device),
-            "metrics": {}, "message": None,
-        }
-        run = cls(run_dir, summary)
-        run.save()
-        return run
-
-    @classmethod
-    def reopen(cls, path: Path) -> "Run":
-        summary = read_json(path / "run.json")
-        summary.update(status="running", ended=None, message=None)
-        run = cls(path, summary)
-        run.save()
-        return run
-
-    def save(self) -> None:
-        write_json(self.path / "run.json", self.summary)
-
-    def log(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def truncate_metrics(self, last_step: int) -> None:
-        """Drop records written after the checkpoint a resumed run restarts from."""
-        path = self.path / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-            write_atomic(path, "".join(line + "\n" for line in kept))
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    time: float = field(default_factory=time.perf_counter)
 
 
 def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
-          progress: bool = True) -> dict:
-    """Train one run to completion; returns its ``run.json`` summary plus ``dir``. Raises
-    :class:`Diverged` on a non-finite loss and BnexpError for bad input found while loading."""
+          progress: bool = True, callbacks: Iterable[Callback] = ()) -> RunRecord:
+    """Train one run to completion; returns its record (``record.dir`` is its directory).
+
+    ``run_dir``: an existing empty directory to use (a sweep job's); ``resume``: a run directory to
+    continue from its checkpoint, with ``cfg`` its saved config (longer ``epochs``/``max_steps``
+    extend it). Raises :class:`Diverged` on a non-finite loss, :class:`Interrupted` on Ctrl-C or
+    SIGTERM, and BnexpError for bad input found while loading.
+    """
     from bnexp.data import load_dataset
     from bnexp.models import build_model
+    from bnexp.telemetry import Telemetry
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device.type)
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, device)
-    uses_bn = cfg.norm.kind != "none"
-    if uses_bn and len(data.train_x) < 2:
-        raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); batch norm needs >= 2")
-    model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters())
-    steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, uses_bn))
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = make_scheduler(cfg.optimizer, optimizer, total_steps)
-
-    state = TrainState()
-    if resume is not None:
-        run = Run.reopen(resume)
-        checkpoint = torch.load(resume / "checkpoint.pt", map_location=device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = TrainState(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng"])
-        if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-        run.truncate_metrics(state.step)
-    else:
-        run = Run.create(cfg, overrides, run_dir, device)
-    compile_seconds = _maybe_compile(cfg, model, data)
-    telemetry = Telemetry(run.path, cfg, model, purge_step=state.step + 1 if resume else None)
-    started = time.perf_counter() - run.summary.get("duration_s", 0.0)
-    status, message = "failed", None
+    opened = Run.open(resume) if resume is not None else None  # first: a busy run is refused before any work
     try:
-        with telemetry.progress(total_steps, state.step, enabled=progress) as bar:
-            for epoch in range(state.epoch, epochs):
-                _train_epoch(cfg, model, data, optimizer, scheduler, state, epoch, total_steps, uses_bn,
-                             run, telemetry, bar)
-                val_loss, val_acc = evaluate(model, data, data.val_x, data.val_y, cfg.eval_batch_size)
-                state.epoch = epoch + 1
-                if val_acc > state.best_val_acc:
-                    state.best_val_acc, state.best_epoch = val_acc, state.epoch
-                state.metrics.update(val_loss=val_loss, val_acc=val_acc, best_val_acc=state.best_val_acc,
-                                     best_epoch=state.best_epoch, epoch=state.epoch, step=state.step)
-                record = {"kind": "epoch", **state.metrics}
-                run.log(record)
-                telemetry.log_epoch(record)
-                bar.show_epoch(state.epoch, epochs, state.metrics)
-                if cfg.checkpoint:
-                    save_checkpoint(run.path / "checkpoint.pt", model, optimizer, scheduler, state, cfg)
-                _update_summary(run, state, started, compile_seconds)
-        status = "completed"
-    except Diverged as exc:
-        status, message = "diverged", str(exc)
-    except KeyboardInterrupt:
-        status, message = "interrupted", f"interrupted at step {state.step}; continue with: bnexp train resume={run.path}"
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, BnexpError) else f"{type(exc).__name__}: {exc}"
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device.type)
+        torch.manual_seed(cfg.seed)
+        data = load_dataset(dataset_settings(cfg), device)
+        uses_bn = cfg.norm.kind != "none"
+        if uses_bn and len(data.train_x) < 2:
+            raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); batch norm needs >= 2")
+        model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, uses_bn))
+        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+        scheduler = build_scheduler(cfg.optimizer, optimizer, total_steps)
+        state = Progress()
+        if opened is not None:
+            state = restore(load_checkpoint(opened.path / CHECKPOINT_FILE, device), model, optimizer, scheduler)
+            if state.step >= total_steps:
+                raise BnexpError(f"run {opened.path.name} already trained {state.step} steps "
+                                 f"({state.epoch} epochs); to train longer: resume={opened.path.name} epochs=N "
+                                 f"with N > {cfg.epochs}")
+    except BaseException:
+        if opened is not None:
+            opened.close()  # the run's record is left exactly as it was
         raise
-    finally:
-        run.summary.update(status=status, message=message)
-        _update_summary(run, state, started, compile_seconds, ended=True)
-        if status in ("completed", "diverged"):
-            telemetry.finish(state.metrics, status)
-            write_json(run.path / "norm_params.json", telemetry.norm_params())
-        telemetry.close()
-    if status == "interrupted":
-        raise KeyboardInterrupt
-    if status == "diverged":
-        raise Diverged(f"{message} (run {run.path}, status diverged)")
-    return {**run.summary, "dir": str(run.path)}
+    run = opened or create_run(cfg, overrides, run_dir, device, data)
+    loop = Loop(cfg=cfg, model=model, module=model, data=data, optimizer=optimizer, scheduler=scheduler,
+                progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
+                uses_bn=uses_bn, started=time.perf_counter() - run.record.duration_s, run=run,
+                record_every=int(cfg.hist_every_steps))
+    listeners = [RunLog(run, resumed=opened is not None)]
+    if opened is not None:
+        listeners.append(_ConfigRefresh(cfg, overrides))
+    if cfg.checkpoint:
+        listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
+    listeners.append(Telemetry(run, cfg, model, purge_step=state.step + 1 if opened is not None else None))
+    if progress:
+        listeners.append(ProgressBar())
+    outcome = run_loop(loop, Callbacks([*listeners, *callbacks]))
+    return finish(outcome, run)
 
 
-def _train_epoch(cfg, model, data, optimizer, scheduler, state: TrainState, epoch: int, total_steps: int,
-                 uses_bn: bool, run: Run, telemetry: Telemetry, bar) -> None:
+def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
+    """Epochs until done, then ``on_end`` with how it went. Exceptions other than Ctrl-C and
+    divergence are recorded as ``failed`` and re-raised."""
+    outcome = Outcome()
+    try:
+        loop.compile_s = _maybe_compile(loop)
+        listeners.on_start(loop)
+        for epoch in range(loop.progress.epoch, loop.epochs):
+            loop.epoch = epoch + 1
+            train_epoch(loop, listeners)
+            val_loss, val_acc = evaluate(loop.model, loop.data, loop.data.val_x, loop.data.val_y,
+                                         loop.cfg.eval_batch_size)
+            p = loop.progress
+            p.epoch = loop.epoch
+            if val_acc > p.best_val_acc:
+                p.best_val_acc, p.best_epoch = val_acc, p.epoch
+            p.metrics.update(val_loss=val_loss, val_acc=val_acc, **listeners.on_validation(loop),
+                             best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step)
+            listeners.on_epoch(loop, {"kind": "epoch", **p.metrics})
+        outcome = Outcome("completed")
+    except Diverged as exc:
+        outcome = Outcome("diverged", str(exc))
+    except KeyboardInterrupt:
+        where = loop.run.path if loop.run else "RUN"
+        outcome = Outcome("interrupted", f"stopped at step {loop.progress.step} (epoch {loop.epoch} of "
+                                         f"{loop.epochs}); continue with: bnexp train resume={where}")
+    except BaseException as exc:
+        outcome = Outcome("failed", describe_error(exc))
+        listeners.on_end(loop, outcome)
+        if isinstance(exc, (OSError, BnexpError)):  # a full disk, bad data: one line, the run says why
+            raise BnexpError(outcome.message + "".join(f"; {n}" for n in outcome.notes)) from exc
+        raise
+    listeners.on_end(loop, outcome)
+    return outcome
+
+
+def train_epoch(loop: Loop, listeners: Callbacks) -> None:
     """One pass over the shuffled training set. Loss/accuracy sums stay on the device; the host
     syncs only at log steps, where a non-finite running loss stops the run as diverged."""
-    model.train()
-    device = data.train_x.device
+    cfg, data, p = loop.cfg, loop.data, loop.progress
     log_every = int(cfg.log_every_steps)  # read once: OmegaConf lookups cost ~20 us each
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, logged = 0, (0, 0.0, 0, time.perf_counter())  # (seen, loss_sum, correct, time) at the last log
-    epoch_start = logged[3]
-    for idx in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, epoch, uses_bn):
-        if state.step >= total_steps:
+    loop.model.train()
+    loss_sum = torch.zeros((), device=loop.device)
+    correct = torch.zeros((), device=loop.device, dtype=torch.long)
+    seen, last = 0, Window()
+    epoch_start = last.time
+    for idx in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.uses_bn):
+        if p.step >= loop.total_steps:
             break
-        idx = idx.to(device, non_blocking=True)
+        idx = idx.to(loop.device, non_blocking=True)
         x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
-        telemetry.probe.armed = telemetry.histograms_due(state.step + 1)
-        logits = model(x)
+        loop.hist_due = loop.record_every > 0 and (p.step == 0 or (p.step + 1) % loop.record_every == 0)
+        logits = loop.model(x)
         loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
+        loop.optimizer.step()
+        loop.scheduler.step()
+        p.step += 1
         seen += len(y)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
-        bar.advance()
-        if telemetry.probe.armed:
-            telemetry.log_histograms(state.step, epoch + 1, run)
-        if state.step % log_every == 0 or state.step == total_steps:
-            now, total_loss, total_correct = time.perf_counter(), loss_sum.item(), correct.item()
-            window = seen - logged[0]
-            record = {"kind": "train", "step": state.step, "epoch": epoch + 1,
-                      "loss": (total_loss - logged[1]) / window, "acc": (total_correct - logged[2]) / window,
-                      "lr": scheduler.get_last_lr()[0], "examples_per_s": window / max(now - logged[3], 1e-9)}
-            _check_finite(total_loss, state.step, epoch, cfg)
-            run.log(record)
-            telemetry.log_train(record)
-            bar.show_train(record)
-            logged = (seen, total_loss, total_correct, now)
+        listeners.on_step(loop)
+        if p.step % log_every == 0 or p.step == loop.total_steps:
+            now, total_loss, total_correct = time.perf_counter(), loss_sum.item(), int(correct.item())
+            window = seen - last.seen
+            _check_finite(total_loss, loop)
+            listeners.on_log(loop, TrainLog(step=p.step, epoch=loop.epoch,
+                                            loss=(total_loss - last.loss_sum) / window,
+                                            acc=(total_correct - last.correct) / window,
+                                            lr=loop.scheduler.get_last_lr()[0],
+                                            examples_per_s=window / max(now - last.time, 1e-9)))
+            last = Window(seen, total_loss, total_correct, now)
+    loop.hist_due = False
     elapsed = time.perf_counter() - epoch_start
     train_loss = loss_sum.item() / max(seen, 1)
-    _check_finite(train_loss, state.step, epoch, cfg)
-    state.metrics.update(train_loss=train_loss, train_acc=correct.item() / max(seen, 1),
-                         lr=scheduler.get_last_lr()[0], examples_per_s=seen / max(elapsed, 1e-9))
+    _check_finite(train_loss, loop)
+    p.metrics.update(train_loss=train_loss, train_acc=correct.item() / max(seen, 1),
+                     lr=loop.scheduler.get_last_lr()[0], examples_per_s=seen / max(elapsed, 1e-9))
 
 
-def _check_finite(loss: float, step: int, epoch: int, cfg) -> None:
+def _check_finite(loss: float, loop: Loop) -> None:
     if not math.isfinite(loss):
-        raise Diverged(f"loss became {loss} by step {step} (epoch {epoch + 1}); "
-                       f"try a lower optimizer.lr (now {cfg.optimizer.lr})")
+        raise Diverged(f"loss became {loss} by step {loop.progress.step} (epoch {loop.epoch}); "
+                       f"try a lower optimizer.lr (now {loop.cfg.optimizer.lr})")
 
 
-def _maybe_compile(cfg: DictConfig, model, data) -> float:
+def _maybe_compile(loop: Loop) -> float:
     """Switch custom BN layers to their torch.compile'd path and compile them up front (train and
     eval graphs) on a real batch, so the one-off cost is measured and shown rather than hidden in
     the first step. Parameters and BN buffers are restored afterwards: the warm-up leaves no trace."""
+    cfg, model = loop.cfg, loop.module
     if cfg.norm.kind != "custom" or not cfg.norm.compile:
         return 0.0
     import copy
@@ -303,7 +295,7 @@ def _maybe_compile(cfg: DictConfig, model, data) -> float:
     started = time.perf_counter()
     compile_batch_norms(model)
     saved = copy.deepcopy(model.state_dict())
-    x = data.normalize(data.train_x[: cfg.batch_size])
+    x = loop.data.normalize(loop.data.train_x[: cfg.batch_size])
     model(x).sum().backward()
     with torch.no_grad():
         model.eval()
@@ -314,10 +306,90 @@ def _maybe_compile(cfg: DictConfig, model, data) -> float:
     return time.perf_counter() - started
 
 
-def _update_summary(run: Run, state: TrainState, started: float, compile_seconds: float, ended: bool = False) -> None:
-    run.summary["metrics"] = dict(state.metrics)
-    run.summary["duration_s"] = round(time.perf_counter() - started, 3)
-    run.summary["compile_s"] = round(compile_seconds, 3)
-    if ended:
-        run.summary["ended"] = now_iso()
-    run.save()
+# ---------------------------------------------------------------------------------------------
+# The run directory of a training run
+
+
+def create_run(cfg: DictConfig, overrides: list[str], run_dir: Optional[Path], device: torch.device, data) -> Run:
+    """A new run: its directory (``run_dir``, or a fresh one under ``output_dir/runs``), config files
+    and record, locked by this process."""
+    made = run_dir is None
+    if made:
+        run_dir = unique_dir(Path(cfg.output_dir) / "runs", run_stem(cfg.model.name, cfg.norm.kind, cfg.name))
+    record = new_record(cfg, overrides, run_dir.name, device)
+    files = {CONFIG_FILE: OmegaConf.to_yaml(cfg, resolve=True),
+             OVERRIDES_FILE: OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
+    return Run.create(run_dir, record, files, made_dir=made)
+
+
+def new_record(cfg: DictConfig, overrides: list[str], run_id: str, device: torch.device) -> RunRecord:
+    d = cfg.dataset
+    return RunRecord(
+        id=run_id, status="running", started=now_iso(), model=cfg.model.name, norm=cfg.norm.kind,
+        dataset=d.name, dataset_path=d.path or d.images or (d.root if d.name in ("mnist", "fashion_mnist", "cifar10")
+                                                              else None),
+        experiment=override_value(overrides, "experiment"), name=cfg.name, optimizer=cfg.optimizer.name,
+        lr=cfg.optimizer.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
+        nproc=cfg.nproc, device=str(device), overrides=list(overrides), repro=reproducibility(device),
+    )
+
+
+def reproducibility(device: torch.device) -> dict:
+    """What it takes to run this again: command line, code version, software, machine."""
+    import bnexp
+
+    info = {"command": shlex.join(["bnexp", *sys.argv[1:]]), "cwd": os.getcwd(),
+            "python": platform.python_version(), "torch": torch.__version__, "bnexp": bnexp.__version__,
+            "host": socket.gethostname(), "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=5)
+            info.update(git_commit=commit.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+class _ConfigRefresh(Callback):
+    """A continued run that trains longer saves its new length (config.yaml, overrides, record)."""
+
+    def __init__(self, cfg: DictConfig, overrides: list[str]):
+        self.cfg, self.overrides = cfg, overrides
+
+    def on_start(self, loop):
+        from bnexp.runs import write_atomic
+
+        run, cfg = loop.run, self.cfg
+        if (run.record.epochs, run.record.max_steps) != (cfg.epochs, cfg.max_steps):
+            write_atomic(run.path / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+            write_atomic(run.path / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(self.overrides))))
+            run.record.epochs, run.record.max_steps, run.record.overrides = cfg.epochs, cfg.max_steps, self.overrides
+            run.save()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the record: a user error's message, a failed write with its path, else the type."""
+    if isinstance(exc, BnexpError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot write {exc.filename}: {write_failure(exc, Path(exc.filename).parent)}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def finish(outcome: Outcome, run: Run) -> RunRecord:
+    """The record of a run that ended well, else the error its outcome calls for."""
+    notes = "".join(f"; {n}" for n in outcome.notes)
+    if outcome.status == "interrupted":
+        raise Interrupted(outcome.message + notes)
+    if outcome.status == "diverged":
+        raise Diverged(f"{outcome.message} (run {run.path}, status diverged){notes}")
+    if outcome.status != "completed":
+        raise BnexpError(f"{outcome.message}{notes}")
+    if notes:
+        raise BnexpError(f"run {run.path} completed{notes}")
+    run.record.dir = str(run.path)
+    return run.record

@@ -1,4 +1,4 @@
-"""Shared test helpers: running the real CLI, and the real-data location."""
+"""Shared test helpers: the CLI in this process or in a real subprocess, tiny settings, real data."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gzip
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,12 @@ SHARED_MNIST_T10K = REPO.parent / "shared/data/mnist-t10k"
 
 # Small, fast settings for end-to-end runs on the bundled digits data.
 TINY = ["epochs=1", "dataset.limit_train=256", "dataset.limit_val=128", "batch_size=32", "log_every_steps=2"]
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """The overrides of a run that trains in well under a second (a fresh list each time)."""
+    return list(TINY)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -31,19 +38,78 @@ def requires_mnist_t10k():
     return SHARED_MNIST_T10K
 
 
+@dataclass
+class Result:
+    """What a CLI call left: like subprocess.CompletedProcess, for in-process calls too."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _environment(out: Path, columns: int) -> dict[str, str]:
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": str(columns)}
+    env.pop("BNEXP_DEBUG", None)
+    return env
+
+
 @pytest.fixture
 def bnexp(tmp_path):
-    """Run ``python -m bnexp ARGS`` in a subprocess with runs written under tmp_path/outputs."""
+    """Run ``python -m bnexp ARGS`` in a real subprocess with runs written under tmp_path/outputs: for
+    what needs a process of its own (signals, locks, start-up, several commands at once)."""
     out = tmp_path / "outputs"
 
-    def run(*args: str, check: bool = True, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": "200"}
-        env.pop("BNEXP_DEBUG", None)
+    def run(*args: str, check: bool = True, cwd: Path | None = None, timeout: float = 300,
+            columns: int = 200) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "bnexp", *args], capture_output=True, text=True,
-                                cwd=cwd or tmp_path, env=env, timeout=timeout)
+                                cwd=cwd or tmp_path, env=_environment(out, columns), timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"bnexp {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
     run.out = out
     return run
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``bnexp ARGS`` through the CLI's own entry point in this process (no interpreter start-up),
+    runs written under tmp_path/outputs; returns a :class:`Result`. For everything that does not
+    need a process of its own."""
+    from bnexp import cli as entry
+
+    out = tmp_path / "outputs"
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, check: bool = True, columns: int = 200) -> Result:
+        for key, value in _environment(out, columns).items():
+            if os.environ.get(key) != value:
+                monkeypatch.setenv(key, value)
+        monkeypatch.delenv("BNEXP_DEBUG", raising=False)
+        monkeypatch.setattr(sys, "argv", ["bnexp", *args])
+        capsys.readouterr()
+        try:
+            entry.main()
+            code = 0
+        except SystemExit as exited:
+            code = exited.code if isinstance(exited.code, int) else 1
+        captured = capsys.readouterr()
+        result = Result(code, captured.out, captured.err)
+        if check and code != 0:
+            raise AssertionError(f"bnexp {' '.join(args)} exited {code}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    run.out = out
+    return run
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Assert the bad-input contract: non-zero exit, exactly one ``error:`` line on stderr naming
+    every fragment, no traceback; returns the line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

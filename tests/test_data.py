@@ -12,7 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bnexp.data import LOADERS, DatasetConfig, load_dataset
+from bnexp.config import DATASETS, DatasetConfig, check_schema, dataset_settings, validate_dataset
+from bnexp.data import load_dataset
 from bnexp.errors import BnexpError
 from conftest import REPO, SHARED_MNIST_T10K, write_idx
 
@@ -20,7 +21,10 @@ CPU = torch.device("cpu")
 
 
 def load(**keys):
-    return load_dataset(OmegaConf.create(keys), CPU)
+    """The dataset node as a run config carries it: type-checked, validated, then loaded."""
+    cfg = check_schema({"dataset": keys})
+    validate_dataset(cfg.dataset)
+    return load_dataset(dataset_settings(cfg), CPU)
 
 
 def numbered_images(count: int) -> np.ndarray:
@@ -96,7 +100,7 @@ def test_limits_take_the_first_images_of_the_split():
         ({"val_fraction": 1.0}, "dataset.val_fraction=1.0"),
         ({"val_fraction": 0}, "between 0 and 1"),
         ({"image_size": 0}, "dataset.image_size=0"),
-        ({"colour": "red"}, "unknown key dataset.colour"),
+        ({"colour": "red"}, "unknown config key 'dataset.colour'; valid keys under dataset: download, image_size, images"),
         ({"limit_train": "many"}, "dataset.limit_train='many'"),
     ],
 )
@@ -108,7 +112,7 @@ def test_bad_settings_are_one_line_errors(keys, message):
 
 def test_every_dataset_has_a_yaml_matching_the_schema():
     conf_dir = REPO / "conf" / "dataset"
-    assert sorted(p.stem for p in conf_dir.glob("*.yaml")) == sorted(LOADERS)
+    assert sorted(p.stem for p in conf_dir.glob("*.yaml")) == sorted(DATASETS)
     schema = OmegaConf.structured(DatasetConfig)
     for path in conf_dir.glob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path.name} needs a description comment"

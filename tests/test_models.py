@@ -94,5 +94,9 @@ def test_init_schemes():
     assert net.fc1.weight.std().item() == pytest.approx(0.001, rel=0.05)
     assert torch.count_nonzero(net.fc1.bias) == 0
     xavier = build_model(*configs("mlp", "none", "model.init=xavier_uniform"), 1, (28, 28), 10)
-    bound = (6 / (784 + 100)) ** 0.5
+    default = build_model(*configs("mlp", "none"), 1, (28, 28), 10)
+    bound = (6 / (784 + 100)) ** 0.5  # U(-bound, bound): std bound / sqrt(3), about twice torch's default
     assert xavier.fc1.weight.abs().max().item() <= bound
+    assert xavier.fc1.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03)
+    assert default.fc1.weight.std().item() < 0.6 * bound / 3 ** 0.5  # so the check above can fail
+    assert torch.count_nonzero(xavier.fc1.bias) == 0

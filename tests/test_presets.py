@@ -141,9 +141,9 @@ def test_preset_trains_a_few_steps(preset, tmp_path):
                  f"output_dir={tmp_path}"]
     cfg = load(overrides)
     summary = train(cfg, overrides, progress=False)
-    run = tmp_path / "runs" / summary["id"]
-    assert summary["status"] == "completed" and summary["metrics"]["step"] == 3
-    assert 0.0 <= summary["metrics"]["val_acc"] <= 1.0 and math.isfinite(summary["metrics"]["train_loss"])
+    run = tmp_path / "runs" / summary.id
+    assert summary.status == "completed" and summary.metrics["step"] == 3
+    assert 0.0 <= summary.metrics["val_acc"] <= 1.0 and math.isfinite(summary.metrics["train_loss"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
     sites = mnist_model(cfg).norm_sites
@@ -181,4 +181,4 @@ def test_preset_on_the_local_mnist_test_set(tmp_path):
     overrides = ["experiment=mlp_mnist", "dataset=idx", f"dataset.path={data}", "dataset.val_fraction=0.2",
                  "norm=builtin", "max_steps=5", "hist_every_steps=0", f"output_dir={tmp_path}"]
     summary = train(load(overrides), overrides, progress=False)
-    assert summary["status"] == "completed" and summary["dataset"] == "idx" and summary["metrics"]["step"] == 5
+    assert summary.status == "completed" and summary.dataset == "idx" and summary.metrics["step"] == 5

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bnexp.errors import BnexpError
-from bnexp.registry import filter_runs, load_runs, parse_since, resolve, sort_runs
+from bnexp.registry import filter_runs, load_runs, parse_since, sort_runs
+from bnexp.runs import resolve
 
 NOW = datetime.now().astimezone().replace(microsecond=0)
 
@@ -73,18 +74,18 @@ def test_runs_json_lists_all_500_runs(tmp_path, bnexp):
 def test_filters_sorting_and_sweep_membership(registry):
     records = load_runs(registry)
     assert len(records) == 6
-    by_id = {r["id"]: r for r in records}
-    assert by_id["20261122-120000-sweep-eeee-0-mlp-none"]["sweep"] == "20261122-120000-sweep-eeee"
-    assert by_id["20261120-100000-mlp-custom-aaaa"]["sweep"] is None
-    assert {r["id"] for r in filter_runs(records, status=["failed"])} == {"20261122-110000-mlp-none-dddd"}
+    by_id = {r.id: r for r in records}
+    assert by_id["20261122-120000-sweep-eeee-0-mlp-none"].sweep == "20261122-120000-sweep-eeee"
+    assert by_id["20261120-100000-mlp-custom-aaaa"].sweep is None
+    assert {r.id for r in filter_runs(records, status=["failed"])} == {"20261122-110000-mlp-none-dddd"}
     assert len(filter_runs(records, norm=["none"], model=["mlp"])) == 3
     assert len(filter_runs(records, sweep="20261122-12")) == 2
     assert len(filter_runs(records, since=parse_since("1d"))) == 5
-    newest_first = [r["id"] for r in sort_runs(records)]
+    newest_first = [r.id for r in sort_runs(records)]
     assert newest_first[-1] == "20261120-100000-mlp-custom-aaaa"
     best = sort_runs(records, "best_val_acc")
-    assert best[0]["id"] == "20261122-100000-lenet-builtin-cccc" and best[-1]["status"] == "failed"
-    assert sort_runs(records, "best_val_acc", reverse=True)[0]["metrics"]["best_val_acc"] == 0.7
+    assert best[0].id == "20261122-100000-lenet-builtin-cccc" and best[-1].status == "failed"
+    assert sort_runs(records, "best_val_acc", reverse=True)[0].metrics["best_val_acc"] == 0.7
     with pytest.raises(BnexpError, match="valid keys"):
         sort_runs(records, "colour")
 

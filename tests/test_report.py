@@ -14,6 +14,7 @@ import pytest
 
 from bnexp.report import FIGURE_PIXELS, build_report, collect_run_dirs, default_out_dir, load_run
 from bnexp.errors import BnexpError
+from bnexp.vocab import fmt_number
 
 NORMS = ("none", "custom", "builtin")
 # 3 epochs of 4 steps; percentiles at steps 1, 3, 6, 9, 12
@@ -41,7 +42,7 @@ def sweep(tmp_path_factory) -> Path:
     for norm in NORMS:
         overrides = [*TINY_SWEEP, f"norm={norm}", f"output_dir={root}"]
         summary = train(load(overrides), overrides, progress=False)
-        assert summary["status"] == "completed"
+        assert summary.status == "completed"
     return root
 
 
@@ -84,8 +85,9 @@ def test_report_of_a_sweep_directory(sweep):
     for norm, run_id in ids.items():  # every run, with its own final numbers
         m = json.loads((sweep / "runs" / run_id / "run.json").read_text())["metrics"]
         row = next(line for line in table if line.startswith(f"| {run_id} |"))
-        assert f"| {norm} |" in row and f"| {m['val_acc']:.4f} |" in row and f"| {m['val_loss']:.4f} |" in row
-        assert f"{m['best_val_acc']:.4f} ({m['best_epoch']})" in row and "| 3 / 12 |" in row
+        assert f"| {norm} |" in row and f"| {fmt_number(m['val_acc'])} |" in row
+        assert f"| {fmt_number(m['val_loss'])} |" in row
+        assert f"{fmt_number(m['best_val_acc'])} ({m['best_epoch']})" in row and "| 3 / 12 |" in row
     assert [line.split(" | ")[2] for line in table] == list(NORMS)  # none, custom, builtin order
     # custom and builtin differ only in the norm implementation: compared in their own table
     assert "## Custom vs builtin batch norm" in text
@@ -97,8 +99,8 @@ def test_report_of_a_sweep_directory(sweep):
 def test_run_dirs_id_prefixes_and_out(sweep, tmp_path):
     ids = run_ids(sweep)
     out = tmp_path / "chosen"
-    # a run directory and a unique id prefix (looked up under --root), into a chosen directory
-    result = cli("report", str(sweep / "runs" / ids["none"]), ids["builtin"][:-2], "--root", str(sweep),
+    # a run directory and a unique id prefix (looked up under --output-dir), into a chosen directory
+    result = cli("report", str(sweep / "runs" / ids["none"]), ids["builtin"][:-2], "--output-dir", str(sweep),
                  "--out", str(out), "--title", "two runs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = (out / "report.md").read_text()

@@ -47,8 +47,9 @@ def test_resume_continues_exactly_and_refuses_what_it_cannot(bnexp):
     bnexp("train", *CONFIG, "name=straight", "-q")
     (straight,) = bnexp.out.glob("runs/*-straight-*")
     for args, message in (([f"resume={straight.name}"], "already completed"),
-                          ([f"resume={straight.name}", "epochs=3"], "drop the other overrides"),
-                          (["resume=nope"], "no run matches 'nope'")):
+                          ([f"resume={straight.name}", "optimizer.lr=3"], "only epochs and max_steps may change"),
+                          ([f"resume={straight.name}", "epochs=3"], "already trained"),
+                          (["resume=nope"], "no run or sweep matches 'nope'")):
         refused = bnexp("train", *args, check=False)
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from bnexp.commands import add
 from bnexp.errors import BnexpError
 
 EPILOG = "\n\n".join([
@@ -16,6 +17,8 @@ EPILOG = "\n\n".join([
     "[bold]Search[/bold] (Optuna, TPE by default; the study persists in the sweep directory):",
     "  bnexp sweep --trials 20 'optimizer.lr=tag(log,interval(0.01,2))' norm=none,custom 'batch_size=range(16,129,16)'",
     "  bnexp sweep --study 20261122-1815 --trials 30   (continue that search up to 30 trials)",
+    "[bold]Continue[/bold] a stopped sweep (jobs not completed run again, from their checkpoints):",
+    "  bnexp sweep --resume 20261122-1815",
     "Jobs are ordinary runs under <output_dir>/sweeps/<sweep id>/; a failed or diverged job does not stop "
     "the sweep, and the exit code is 1 when any job did not complete. Quote arguments with parentheses.",
 ])
@@ -24,7 +27,8 @@ EPILOG = "\n\n".join([
 def _dry_run(p) -> None:
     from rich.console import Console
 
-    from bnexp.sweep import describe, maximize
+    from bnexp.sweep import describe
+    from bnexp.vocab import higher_is_better
 
     console = Console()
     if p.kind == "grid":
@@ -32,78 +36,91 @@ def _dry_run(p) -> None:
         for i, job in enumerate(p.grid):
             console.print(f"  {i}: {' '.join(job)}", highlight=False)
     else:
-        goal = "maximizing" if maximize(p.metric) else "minimizing"
+        goal = "maximizing" if higher_is_better(p.metric) else "minimizing"
         console.print(f"Optuna search ({p.sampler}), {p.trials} trials {goal} {p.metric}, launcher {p.launcher}; "
                       f"fixed: {' '.join(p.fixed) or '-'}; space:", highlight=False)
         for key, distribution in p.space.items():
             console.print(f"  {key}: {describe(distribution)}", highlight=False)
 
 
+def sweep(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="Hydra overrides; comma lists / range() / choice() / glob() sweep, interval() is searched, "
+                   "hydra/launcher=NAME and hydra.launcher.* configure the launcher."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", help="Jobs at once (n_jobs of joblib, chosen when no launcher is given; "
+                                   "array_parallelism on Slurm; trials per batch of a search)."),
+    launcher: Optional[str] = typer.Option(
+        None, "--launcher", help="basic, joblib, submitit_local or submitit_slurm (same as hydra/launcher=NAME)."),
+    metric: str = typer.Option("best_val_acc", "--metric", help="Sorts the table; the objective of a search "
+                               "(maximized for accuracies, minimized for losses)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Search with Optuna for N trials instead of a grid."),
+    study: Optional[str] = typer.Option(None, "--study", help="Continue the Optuna search of an earlier sweep "
+                                        "(its id prefix or directory) up to --trials trials."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue an earlier sweep: re-run its jobs that "
+                                         "did not complete (failed, interrupted, dead), skip the completed ones."),
+    sampler: str = typer.Option("tpe", "--sampler", help="Optuna sampler: tpe or random."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", help="Seed of the Optuna sampler "
+                                               "(default 0; a continued search advances it past its trials)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Label added to the sweep id."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the jobs (or search space), run nothing."),
+) -> None:
+    """Run every combination of the swept overrides (or an Optuna search with --trials) as separate runs
+    of one sweep, through Hydra's multirun launchers; ends with a table of all jobs."""
+    from rich.console import Console
+
+    from bnexp import sweep as sweeps
+    from bnexp.errors import sigterm_as_interrupt
+
+    overrides = list(overrides or [])
+    earlier = study or resume
+    if study and resume:
+        raise BnexpError("--study and --resume both continue a sweep; give one of them")
+    if earlier:
+        if overrides:
+            raise BnexpError(f"{'--study' if study else '--resume'} continues a sweep with its saved overrides; "
+                             f"drop {' '.join(overrides)}")
+        session = sweeps.resume(earlier, trials, jobs, sampler_seed)
+        if study and session.plan.kind != "optuna":
+            session.lock.release()
+            raise BnexpError(f"--study {study}: {session.dir.name} is not an Optuna search (those are made with "
+                             "--trials); continue a grid with --resume")
+    else:
+        p = sweeps.plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
+                        sampler=sampler, sampler_seed=sampler_seed or 0)
+        if dry_run:
+            _dry_run(p)
+            return
+        session = sweeps.start(p, name, jobs)
+    p, sweep_dir = session.plan, session.dir
+    console = Console()
+    at_once = f", {p.jobs_at_once} at once" if p.jobs_at_once > 1 else ""
+    what = f"{len(p.grid)} jobs" if p.kind == "grid" else f"Optuna search to {p.trials} trials ({p.sampler})"
+    console.print(f"sweep [bold]{sweep_dir.name}[/bold]: {what}, launcher {p.launcher}{at_once}\n  {sweep_dir}",
+                  highlight=False)
+    try:
+        with sigterm_as_interrupt():
+            rows = sweeps.run(session)
+    except KeyboardInterrupt:
+        console.print(sweeps.table(sweeps.read_sweep(sweep_dir), sweeps.job_rows(sweep_dir), p.metric))
+        console.print(f"[yellow]interrupted[/yellow]; continue with: bnexp sweep --resume {sweep_dir.name}",
+                      highlight=False)
+        raise typer.Exit(130)
+    summary = sweeps.read_sweep(sweep_dir)
+    console.print(sweeps.table(summary, rows, p.metric))
+    best = (summary.get("optuna") or {}).get("best")
+    if best:
+        console.print(f"best trial {best['trial']}: {p.metric} {best['value']:.4f} with "
+                      f"{' '.join(f'{k}={v}' for k, v in best['params'].items())} (run {best['run']})",
+                      highlight=False)
+    bad = [r for r in rows if r.status != "completed"]
+    console.print(f"compare: bnexp compare {sweep_dir.name}    dashboard: bnexp tensorboard {sweep_dir.name}",
+                  highlight=False)
+    if bad:
+        console.print(f"[red]{len(bad)} of {len(rows)} jobs did not complete[/red] "
+                      f"({', '.join(sorted({r.status for r in bad}))})")
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "sweep",
-        help="Run every combination of the swept overrides (or an Optuna search with --trials) as separate "
-             "runs of one sweep, through Hydra's multirun launchers; ends with a table of all jobs.",
-        epilog=EPILOG,
-    )
-    def sweep(
-        overrides: Optional[List[str]] = typer.Argument(
-            None, help="Hydra overrides; comma lists / range() / choice() / glob() sweep, interval() is searched, "
-                       "hydra/launcher=NAME and hydra.launcher.* configure the launcher."),
-        jobs: Optional[int] = typer.Option(
-            None, "--jobs", "-j", help="Jobs at once (n_jobs of joblib, chosen when no launcher is given; "
-                                       "array_parallelism on Slurm; trials per batch of a search)."),
-        launcher: Optional[str] = typer.Option(
-            None, "--launcher", help="basic, joblib, submitit_local or submitit_slurm (same as hydra/launcher=NAME)."),
-        metric: str = typer.Option("best_val_acc", "--metric", help="Sorts the table; the objective of a search "
-                                   "(maximized for accuracies, minimized for losses)."),
-        trials: Optional[int] = typer.Option(None, "--trials", help="Search with Optuna for N trials instead of a grid."),
-        study: Optional[str] = typer.Option(None, "--study", help="Continue the Optuna search of an earlier sweep "
-                                            "(its id prefix or directory) up to --trials trials."),
-        sampler: str = typer.Option("tpe", "--sampler", help="Optuna sampler: tpe or random."),
-        sampler_seed: int = typer.Option(0, "--sampler-seed", help="Seed of the Optuna sampler."),
-        name: Optional[str] = typer.Option(None, "--name", help="Label added to the sweep id."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the jobs (or search space), run nothing."),
-    ) -> None:
-        from rich.console import Console
-
-        from bnexp import sweep as sweeps
-
-        overrides = list(overrides or [])
-        if study:
-            if overrides:
-                raise BnexpError(f"--study continues a search with its saved overrides; drop {' '.join(overrides)}")
-            p, sweep_dir, hydra_app = sweeps.resume_plan(study, trials, jobs)
-        else:
-            p = sweeps.plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
-                            sampler=sampler, sampler_seed=sampler_seed)
-            if dry_run:
-                _dry_run(p)
-                return
-            sweep_dir, hydra_app = sweeps.start(p, name, jobs)
-        console = Console()
-        at_once = f", {p.jobs_at_once} at once" if p.jobs_at_once > 1 else ""
-        what = f"{len(p.grid)} jobs" if p.kind == "grid" else f"Optuna search to {p.trials} trials ({p.sampler})"
-        console.print(f"sweep [bold]{sweep_dir.name}[/bold]: {what}, launcher {p.launcher}{at_once}\n  {sweep_dir}",
-                      highlight=False)
-        try:
-            rows = sweeps.run(p, sweep_dir, hydra_app)
-        except KeyboardInterrupt:
-            console.print(sweeps.table(sweeps.read_sweep(sweep_dir), sweeps.job_rows(sweep_dir), p.metric))
-            resume = f"; continue with: bnexp sweep --study {sweep_dir.name}" if p.kind == "optuna" else ""
-            console.print(f"[yellow]interrupted[/yellow]{resume}", highlight=False)
-            raise typer.Exit(130)
-        summary = sweeps.read_sweep(sweep_dir)
-        console.print(sweeps.table(summary, rows, p.metric))
-        best = (summary.get("optuna") or {}).get("best")
-        if best:
-            console.print(f"best trial {best['trial']}: {p.metric} {best['value']:.4f} with "
-                          f"{' '.join(f'{k}={v}' for k, v in best['params'].items())} (run {best['run']})",
-                          highlight=False)
-        bad = [r for r in rows if r["status"] != "completed"]
-        console.print(f"compare: bnexp compare {sweep_dir.name}    dashboard: bnexp tensorboard {sweep_dir.name}",
-                      highlight=False)
-        if bad:
-            console.print(f"[red]{len(bad)} of {len(rows)} jobs did not complete[/red] "
-                          f"({', '.join(sorted({r['status'] for r in bad}))})")
-            raise typer.Exit(1)
+    add(app, "sweep", sweep, epilog=EPILOG)

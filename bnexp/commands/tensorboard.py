@@ -6,61 +6,63 @@ from typing import List, Optional
 
 import typer
 
+from bnexp.commands import add
+
 REFRESH_S = 5.0  # how often runs that appeared since (a running sweep's new jobs) are linked
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(
-        "tensorboard",
-        help="Start TensorBoard over the given runs and sweeps (id prefixes or directories; all runs when none "
-             "are given), with one HParams table across them; print its URL and stop cleanly on Ctrl-C.",
-    )
-    def tensorboard(
-        refs: Optional[List[str]] = typer.Argument(None, help="Runs or sweeps: id prefixes or directories."),
-        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-        port: Optional[int] = typer.Option(
-            None, "--port", "-p", help="Port; taken -> error. Default 6006, or the next free port (said plainly)."),
-        output_dir: Optional[str] = typer.Option(
-            None, "--output-dir", help="Where runs live (default: $BNEXP_OUTPUT_DIR or ./outputs, as in the config)."),
-    ) -> None:
-        import signal
-        import tempfile
-        import time
-        from pathlib import Path
+def tensorboard(
+    refs: Optional[List[str]] = typer.Argument(None, help="Runs or sweeps: id prefixes, names or directories."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: Optional[int] = typer.Option(
+        None, "--port", "-p", help="Port; taken -> error. Default 6006, or the next free port (said plainly)."),
+    output_dir: Optional[str] = typer.Option(
+        None, "--output-dir", help="Where runs live (default: $BNEXP_OUTPUT_DIR or ./outputs, as in the config)."),
+) -> None:
+    """Start TensorBoard over the given runs and sweeps (all runs when none are given), with one HParams
+    table across them; print its URL and stop cleanly on Ctrl-C."""
+    import time
+    from pathlib import Path
 
-        from rich.console import Console
+    from rich.console import Console
 
-        from bnexp import dashboard
-        from bnexp.errors import BnexpError
-        from bnexp.registry import default_root
+    from bnexp import dashboard
+    from bnexp.errors import BnexpError, sigterm_as_interrupt
+    from bnexp.registry import default_root
 
-        # Ctrl-C and SIGTERM stop it cleanly, also when started with SIGINT ignored (a background job).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        console = Console()
-        root = Path(output_dir) if output_dir else default_root()
-        chosen_port, note = dashboard.choose_port(host, port)
-        with tempfile.TemporaryDirectory(prefix="bnexp-tensorboard-") as tmp:
-            logdir = dashboard.Logdir(Path(tmp) / "logdir", list(refs or []), root)
-            logdir.path.mkdir()
-            count = logdir.refresh()
+    console = Console(stderr=True)
+    root = Path(output_dir) if output_dir else default_root()
+    chosen_port, note = dashboard.choose_port(host, port)
+    with sigterm_as_interrupt(), dashboard.private_dir() as tmp:
+        logdir = dashboard.Logdir(Path(tmp) / "logdir", list(refs or []), root)
+        logdir.path.mkdir()
+        with console.status("linking runs...") as status:
+            count = logdir.refresh(progress=lambda n: status.update(f"linking runs... {n:,}"))
             if not count:
                 raise BnexpError(f"no runs in {' '.join(refs) if refs else root} yet; "
                                  "make some with `bnexp train` or `bnexp sweep`")
+            status.update(f"reading the configs of {count:,} runs for the HParams table...")
             logdir.write_experiment()
-            if note:
-                console.print(f"[yellow]{note}[/yellow]")
-            board = dashboard.TensorBoard(logdir.path, host, chosen_port, Path(tmp) / "tensorboard.log")
-            try:
+        for problem in logdir.skipped:
+            console.print(f"[yellow]left out of the HParams table[/yellow]: {problem}", highlight=False)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]")
+        board = dashboard.TensorBoard(logdir.path, host, chosen_port, Path(tmp) / "tensorboard.log")
+        try:
+            with console.status("starting TensorBoard..."):
                 board.wait_ready()
-                console.print(f"TensorBoard on [bold]{count}[/bold] run{'s' * (count != 1)}: "
-                              f"[link={board.url}]{board.url}[/link]  (Ctrl-C to stop)", highlight=False)
-                while board.process.poll() is None:
-                    time.sleep(REFRESH_S)
-                    logdir.refresh()
-                raise BnexpError(f"TensorBoard exited with code {board.process.returncode}; its log: "
-                                 f"{board.log.read_text(errors='replace').strip()[-300:]}")
-            except KeyboardInterrupt:
-                console.print("TensorBoard stopped")
-            finally:
-                board.stop()
+            Console().print(f"TensorBoard on [bold]{count:,}[/bold] run{'s' * (count != 1)}: "
+                            f"[link={board.url}]{board.url}[/link]  (Ctrl-C to stop)", highlight=False)
+            while board.process.poll() is None:
+                time.sleep(REFRESH_S)
+                logdir.refresh()
+            raise BnexpError(f"TensorBoard exited with code {board.process.returncode}; its log: "
+                             f"{board.log.read_text(errors='replace').strip()[-300:]}")
+        except KeyboardInterrupt:
+            Console().print("TensorBoard stopped")
+        finally:
+            board.stop()
+
+
+def register(app: typer.Typer) -> None:
+    add(app, "tensorboard", tensorboard)

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from bnexp.commands import add
 from bnexp.errors import BnexpError
 
 
@@ -44,84 +45,98 @@ def experiment_presets(root) -> list[tuple[str, str]]:
     return presets
 
 
-def print_summary(summary: dict, run_dir: Path) -> None:
+def print_summary(record) -> None:
     """The final table: what was trained, how it ended, where it lives."""
     from rich.console import Console
     from rich.table import Table
 
-    m = summary.get("metrics", {})
-    table = Table(title=f"run {summary['id']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    status_style = {"completed": "green", "diverged": "yellow"}.get(summary["status"], "red")
+    from bnexp.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds
+
+    m = record.metrics
+    table = Table(title=f"run {record.id}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    style = STATUS_STYLE.get(record.status, "red")
     rows = [
-        ("status", f"[{status_style}]{summary['status']}[/{status_style}]"),
-        ("model / norm / data", f"{summary['model']} / {summary['norm']} / {summary['dataset']}"),
+        ("status", f"[{style}]{record.status}[/{style}]"),
+        ("model / norm / data", f"{record.model} / {record.norm} / {record.dataset}"),
         ("epochs / steps", f"{m.get('epoch', 0)} / {m.get('step', 0)}"),
     ]
     if "train_loss" in m:
-        rows.append(("train loss / acc", f"{m['train_loss']:.4f} / {m['train_acc']:.4f}"))
+        rows.append(("train loss / acc", f"{fmt_number(m['train_loss'])} / {fmt_number(m['train_acc'])}"))
     if "val_loss" in m:
-        rows += [("val loss / acc", f"{m['val_loss']:.4f} / {m['val_acc']:.4f}"),
-                 ("best val acc", f"{m['best_val_acc']:.4f} (epoch {m['best_epoch']})"),
-                 ("throughput", f"{m['examples_per_s']:,.0f} examples/s (last epoch)")]
-    if summary.get("compile_s"):
-        rows.append(("BN compile", f"{summary['compile_s']:.1f} s (one-off)"))
-    rows += [("time", f"{summary['duration_s']:.1f} s"), ("run dir", str(run_dir)),
-             ("dashboard", f"bnexp tensorboard {summary['id']}")]
+        rows += [("val loss / acc", f"{fmt_number(m['val_loss'])} / {fmt_number(m['val_acc'])}"),
+                 ("best val acc", f"{fmt_number(m['best_val_acc'])} (epoch {m['best_epoch']})"),
+                 ("throughput", f"{fmt_rate(m['examples_per_s'])} examples/s (last epoch)")]
+    if record.compile_s:
+        rows.append(("BN compile", f"{record.compile_s:.1f} s (one-off)"))
+    rows += [("time", fmt_seconds(record.duration_s)), ("run dir", str(record.dir)),
+             ("dashboard", f"bnexp tensorboard {record.id}")]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
 
 
-def _resume_config(overrides: list[str], cfg):
-    """The saved config of the run named by ``resume=``; other overrides are refused."""
-    from omegaconf import OmegaConf
+def resume_config(overrides: list[str], cfg):
+    """The saved config of the run named by ``resume=``, with a longer ``epochs``/``max_steps`` if
+    given (a finished run trains on); any other override is refused, since it would change what
+    the checkpoint was trained as."""
+    from bnexp.config import EXTENDABLE_KEYS, load_saved, override_value
+    from bnexp.registry import default_root
+    from bnexp.runs import read_record, resolve
 
-    from bnexp.config import check_schema, validate
-    from bnexp.runs import read_json, resolve_run
-
-    others = [o for o in overrides if not o.startswith("resume=")]
+    given = [o for o in overrides if not o.startswith("resume=")]
+    others = [o for o in given if o.split("=", 1)[0].lstrip("+") not in EXTENDABLE_KEYS]
     if others:
-        raise BnexpError(f"resume= continues a run with its saved config; drop the other overrides: {' '.join(others)}")
-    run_dir = resolve_run(cfg.resume, Path(cfg.output_dir))
-    status = read_json(run_dir / "run.json")["status"]
-    if status == "completed":
-        raise BnexpError(f"run {run_dir.name} already completed; nothing to resume")
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise BnexpError(f"run {run_dir.name} has no checkpoint.pt yet (it stopped before its first epoch ended)")
-    saved = check_schema(OmegaConf.load(run_dir / "config.yaml"))
-    validate(saved)
-    saved_overrides = list(OmegaConf.load(run_dir / "overrides.yaml"))
+        raise BnexpError(f"resume= continues a run with its saved config; only {' and '.join(EXTENDABLE_KEYS)} "
+                         f"may change (to train longer); drop: {' '.join(others)}")
+    kind, run_dir = resolve(cfg.resume, Path(cfg.output_dir) if cfg.output_dir else default_root())
+    if kind != "run":
+        raise BnexpError(f"resume={cfg.resume} names a sweep; continue it with: bnexp sweep --resume {run_dir.name}")
+    record = read_record(run_dir)
+    saved, saved_overrides = load_saved(run_dir)
+    longer = {key: override_value(given, key) for key in EXTENDABLE_KEYS if override_value(given, key) is not None}
+    if record.status == "completed" and not longer:
+        raise BnexpError(f"run {run_dir.name} already completed; nothing to resume (to train longer: "
+                         f"bnexp train resume={run_dir.name} epochs=N)")
+    if longer:
+        if saved.optimizer.schedule == "cosine":
+            raise BnexpError(f"run {run_dir.name} uses optimizer.schedule=cosine, whose learning rate already "
+                             "decayed to zero over its planned steps; training it longer would not continue "
+                             "that schedule")
+        for key in longer:
+            saved[key] = cfg[key]
+        saved_overrides = [o for o in saved_overrides if o.split("=", 1)[0] not in longer]
+        saved_overrides += [f"{k}={v}" for k, v in longer.items()]
     return saved, saved_overrides, run_dir
 
 
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides: group=option or key=value."),
+    show_cfg: bool = typer.Option(False, "--cfg", help="Print the composed config and exit without training."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (summary table only)."),
+) -> None:
+    """Train one model; trailing key=value arguments are Hydra overrides
+    (e.g. model=lenet norm=custom optimizer.lr=0.5)."""
+    from omegaconf import OmegaConf
+
+    from bnexp.config import load
+    from bnexp.errors import sigterm_as_interrupt
+
+    overrides = list(overrides or [])
+    cfg = load(overrides)
+    resume_dir = None
+    if cfg.resume:
+        cfg, overrides, resume_dir = resume_config(overrides, cfg)
+    if show_cfg:
+        typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
+        return
+    from bnexp.train import train as run_training
+
+    with sigterm_as_interrupt():
+        record = run_training(cfg, overrides, resume=resume_dir, progress=not quiet)
+    print_summary(record)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "train",
-        help="Train one model; trailing key=value arguments are Hydra overrides "
-             "(e.g. model=lenet norm=custom optimizer.lr=0.5).",
-        epilog=groups_epilog(),
-        rich_help_panel=None,
-    )
-    def train(
-        overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides: group=option or key=value."),
-        show_cfg: bool = typer.Option(False, "--cfg", help="Print the composed config and exit without training."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (summary table only)."),
-    ) -> None:
-        from omegaconf import OmegaConf
-
-        from bnexp.config import load
-
-        overrides = list(overrides or [])
-        cfg = load(overrides)
-        resume_dir = None
-        if cfg.resume:
-            cfg, overrides, resume_dir = _resume_config(overrides, cfg)
-        if show_cfg:
-            typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
-            return
-        from bnexp.train import train as run_training
-
-        summary = run_training(cfg, overrides, resume=resume_dir, progress=not quiet)
-        print_summary(summary, Path(summary["dir"]))
+    add(app, "train", train, epilog=groups_epilog())

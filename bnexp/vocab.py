@@ -1,0 +1,78 @@
+"""The words every command shares: metric names and their direction, run statuses and their
+colours, the config keys that say where or how a run ran (not what it is), and how numbers print.
+
+Torch-free and import-light: the registry commands, the trainer and the report all read it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Final metrics a run records in run.json, in the order tables show them.
+METRICS = ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss",
+           "val_acc_batch_stats", "val_loss_batch_stats", "val_acc_recalibrated", "val_loss_recalibrated")
+# The ones a sweep can sort by or an Optuna search can optimize.
+OBJECTIVES = METRICS
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies go up, losses go down."""
+    return "acc" in metric
+
+
+# What run.json can say; the registry adds two it derives: "dead" (status running, owner gone)
+# and "unreadable" (run.json cannot be parsed).
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+DERIVED_STATUSES = ("dead", "unreadable")
+STATUS_STYLE = {"completed": "green", "diverged": "yellow", "running": "cyan", "interrupted": "magenta",
+                "dead": "bold red", "failed": "red", "unreadable": "red"}
+RESUMABLE = ("interrupted", "failed", "dead")
+
+# Top-level config keys that say where or how a run ran, not what it trained: left out of
+# "key overrides", of the keys that differ between runs, of HParams and of report labels.
+PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
+                 "hist_every_steps", "log_channels", "device")
+
+
+def is_plumbing(key: str) -> bool:
+    """``optimizer.lr`` -> False; ``output_dir``, ``device.type``, ``+threads`` -> True."""
+    return key.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] in PLUMBING_KEYS
+
+
+def fmt_number(value: Any, digits: int = 4) -> str:
+    """Metrics and config values for tables: 4 significant digits (``0.9531``, ``12.35``), integers
+    as they are, scientific notation only for huge or tiny values (``1.91e+20``), ``-`` for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and not 1e-3 <= abs(value) < 1e6:
+        return f"{value:.{digits - 1}e}"
+    if abs(value) >= 10 ** digits:  # 12345.6 -> 12346: no exponent below a million
+        return f"{value:.0f}"
+    return f"{value:#.{digits}g}"  # '#' keeps trailing zeros: 0.9000 lines up with 0.9531
+
+
+def fmt_seconds(value: Any) -> str:
+    """``0.4 s``, ``12.3 s``, ``3 m 05 s``, ``2 h 01 m``; ``-`` when unknown."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes} m {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} m"
+
+
+def fmt_rate(value: Any) -> str:
+    """Throughput as an integer with thousands separators: ``12,345``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "-"
+    return f"{value:,.0f}"
