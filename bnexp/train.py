@@ -148,6 +148,7 @@ def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = No
     SIGTERM, and BnexpError for bad input found while loading.
     """
     from bnexp.data import load_dataset
+    from bnexp.diagnostics import diagnostics
     from bnexp.models import build_model
     from bnexp.telemetry import Telemetry
 
@@ -188,6 +189,7 @@ def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = No
     if cfg.checkpoint:
         listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
     listeners.append(Telemetry(run, cfg, model, purge_step=state.step + 1 if opened is not None else None))
+    listeners += diagnostics(cfg, run, model)
     if progress:
         listeners.append(ProgressBar())
     outcome = run_loop(loop, Callbacks([*listeners, *callbacks]))
