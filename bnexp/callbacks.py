@@ -194,10 +194,10 @@ class ProgressBar(Callback):
     def on_epoch(self, loop, record):
         from bnexp.vocab import fmt_number, fmt_rate
 
-        self.console.print(
-            f"epoch {record['epoch']}/{loop.epochs}  train loss {fmt_number(record['train_loss'])} acc "
-            f"{record['train_acc']:.4f}  val loss {fmt_number(record['val_loss'])} acc {record['val_acc']:.4f}  "
-            f"{fmt_rate(record['examples_per_s'])} ex/s", highlight=False)
+        self.console.print(  # under 80 columns up to 9,999 epochs
+            f"epoch {record['epoch']}/{loop.epochs}  loss {fmt_number(record['train_loss'])} / val "
+            f"{fmt_number(record['val_loss'])}  acc {fmt_number(record['train_acc'])} / val "
+            f"{fmt_number(record['val_acc'])}  {fmt_rate(record['examples_per_s'])} ex/s", highlight=False)
 
     def on_end(self, loop, outcome):
         self.stack.close()

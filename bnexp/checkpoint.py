@@ -22,6 +22,9 @@ import torch
 from bnexp.errors import BnexpError
 
 
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 @dataclass
 class Progress:
     """How far a run got: what a checkpoint needs, besides the weights, to continue exactly."""
@@ -86,8 +89,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     try:
         raw: Any = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        culprit = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line),
-                       "an object that is not a tensor")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        culprit = next((line for line in lines if "GLOBAL" in line), None)
+        if culprit is None:  # torch wraps the unpickler's own complaint in advice; keep the complaint
+            reason = next((line for line in lines if not line.startswith(TORCH_ADVICE)), lines[0] if lines else "")
+            raise BnexpError(f"{path}: damaged checkpoint ({reason[:160]})") from None
         raise BnexpError(f"{path}: refused to load: it asks to import or run code ({culprit[:120]}), which a "
                          "bnexp checkpoint never does; it may have been tampered with") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:

@@ -18,8 +18,9 @@ import typer
 from bnexp import __version__
 from bnexp.errors import BnexpError
 
-# Commands appear in ``--help`` in this order; modules not listed follow alphabetically.
-COMMAND_ORDER = ["train", "sweep", "runs", "tensorboard", "report", "check_bn"]
+# Commands appear in ``--help`` in this order (by module); modules not listed follow alphabetically.
+COMMAND_ORDER = ["train", "sweep", "runs", "show", "curves", "compare", "export", "tag", "rm", "tensorboard",
+                 "report", "check_bn"]
 
 app = typer.Typer(
     name="bnexp",
@@ -47,12 +48,65 @@ def _root(
 
 
 def _register_commands() -> None:
+    """Add every command module's commands to the app, once per process (tests call main() often)."""
     import bnexp.commands as commands
+
+    if app.registered_commands:
+        return
 
     found = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
     ordered = [n for n in COMMAND_ORDER if n in found] + sorted(set(found) - set(COMMAND_ORDER))
     for name in ordered:
         importlib.import_module(f"bnexp.commands.{name}").register(app)
+
+
+def _polish_help(command) -> None:
+    """What ``--help`` shows: flags without a ``<bool>`` placeholder (they take no value), and
+    epilog lines (examples, config groups) that wrap with a hanging indent instead of flush-left."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from typer import rich_utils
+
+    width = Console(width=rich_utils.MAX_WIDTH).width - 2  # typer pads the epilog by one column each side
+    names = SimpleNamespace(help_option_names=command.context_settings.get("help_option_names", ["--help"]))
+    for sub in [command, *getattr(command, "commands", {}).values()]:
+        help_option = sub.get_help_option(names)  # made now (and kept) so that it is polished too
+        for param in [*sub.params, *([help_option] if help_option else [])]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        if sub.epilog:
+            sub.epilog = hanging_indents(sub.epilog, width)
+
+
+def hanging_indents(text: str, width: int) -> str:
+    """Wrap each line of Rich-markup ``text`` to ``width``; continuation lines start under the text
+    after the line's ``label: `` (or at its indent plus two), so examples stay readable when narrow."""
+    import re
+
+    from rich.markup import escape
+    from rich.text import Text
+
+    from bnexp.terminal import wrap_text
+
+    out = []
+    for line in text.split("\n"):
+        styled = Text.from_markup(line)
+        plain = styled.plain
+        if len(plain) <= width:
+            out.append(line)
+            continue
+        label = re.match(r"\s*[^\s:]+(?: [^\s:]+)*: ", plain[:40])
+        start = len(label.group(0)) if label else len(plain) - len(plain.lstrip())
+        indent = start if label else start + 2
+        pieces = [escape(piece) for piece in wrap_text(plain[start:], max(width - indent, 20))]
+        out.append(styled[:start].markup + pieces[0])
+        out += [" " * indent + piece for piece in pieces[1:]]
+    if len(out) > 1 and all(line[:1] == " " for line in out[1:]):
+        # typer dedents an epilog's lines after the first (inspect.cleandoc) when all are indented;
+        # an invisible zero-width space keeps the examples lined up under the first one
+        out[1] = "\u200b" + out[1]
+    return "\n".join(out)
 
 
 def _debug() -> bool:
@@ -76,8 +130,10 @@ def main() -> None:
     Ctrl-C exits 130; a genuine crash prints its type and message (the traceback with ``--debug``).
     """
     _register_commands()
+    command = typer.main.get_command(app)
+    _polish_help(command)
     try:
-        code = app(standalone_mode=False)  # click returns a command's exit code instead of exiting
+        code = command(standalone_mode=False, prog_name="bnexp")  # the exit code is returned, not raised
     except BnexpError as exc:
         if _debug():
             raise

@@ -34,6 +34,7 @@ CORE_HPARAMS = ("model.name", "norm.kind", "optimizer.name", "optimizer.lr", "ba
 FINAL_METRICS = ("final/val_acc", "final/best_val_acc", "final/val_loss", "final/train_loss", "final/train_acc")
 GROUP_KEYS = ("name", "kind", "type")  # what identifies a group's choice: model.name, norm.kind, device.type
 DEFAULT_PORT = 6006
+EXPERIMENT_RUN = "sweep"  # the folder holding the HParams experiment: its name in TensorBoard's run list
 
 
 def _hparam_type(value: Any) -> int:
@@ -66,11 +67,13 @@ def experiment_summary(params: dict[str, Any], leading: Iterable[str], metric_ta
 
 
 def write_experiment(directory: Path, params: dict[str, Any], leading: Iterable[str]) -> None:
-    """Write the experiment into an event file of ``directory`` (TensorBoard's run ``.`` there)."""
+    """Write the experiment into ``directory/sweep``: TensorBoard lists it as a run named ``sweep``
+    (in the directory itself it would be a stray run named ``.``)."""
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    writer = EventFileWriter(str(directory))
+    (Path(directory) / EXPERIMENT_RUN).mkdir(exist_ok=True)
+    writer = EventFileWriter(str(Path(directory) / EXPERIMENT_RUN))
     writer.add_event(event_pb2.Event(wall_time=time.time(), summary=experiment_summary(params, leading)))
     writer.close()
 

@@ -118,17 +118,73 @@ def _resolve(path: str) -> Path:
 # --- digits -----------------------------------------------------------------------------------
 
 
+DIGITS_CACHE = "digits/digits-{size}px-v1.npz"  # under dataset.root; v1: bilinear resize of sklearn's 8x8
+
+
 def _load_digits(settings: DatasetConfig) -> _Split:
-    """scikit-learn's bundled 8x8 digits (values 0..16), resized once so 28x28 models accept them."""
+    """scikit-learn's bundled 8x8 digits (values 0..16), resized so 28x28 models accept them. The
+    resized tensors are cached under ``dataset.root`` after first use: importing scikit-learn
+    costs more than a default training run."""
+    size = settings.image_size
+    cache = _resolve(settings.root) / DIGITS_CACHE.format(size=size)
+    cached = _read_digits_cache(cache, size)
+    if cached is None:
+        cached = _resized_digits(size)
+        _write_digits_cache(cache, *cached)
+    images, labels, num_classes = cached
+    return _random_split(torch.from_numpy(images), torch.from_numpy(labels), settings, num_classes)
+
+
+def _resized_digits(size: int) -> tuple[np.ndarray, np.ndarray, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().unsqueeze(1)
-    size = settings.image_size
     if images.shape[-2:] != (size, size):
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    labels = torch.from_numpy(digits.target).long()
-    return _random_split(images, labels, settings, num_classes=len(digits.target_names))
+    return images.numpy(), digits.target.astype(np.int64), len(digits.target_names)
+
+
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+
+
+def _read_digits_cache(path: Path, size: int):
+    """The cached ``(images, labels, num_classes)``, or None when the file is missing or is not
+    exactly what :func:`_write_digits_cache` wrote (then it is rebuilt): never a crash."""
+    import zipfile
+
+    if not path.is_file():  # also refuses a FIFO or device planted under that name
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels, num_classes, digest = (data["images"], data["labels"], int(data["num_classes"]),
+                                                   str(data["digest"]))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+    valid = (images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == (1, size, size)
+             and labels.dtype == np.int64 and labels.shape == (len(images),) and len(images) > 0
+             and 1 < num_classes and digest == _digest(images, labels))
+    return (images, labels, num_classes) if valid else None
+
+
+def _write_digits_cache(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    """Atomically, so concurrent runs never read half a file; a cache that cannot be written (a
+    read-only home) is simply not kept."""
+    import io
+
+    from bnexp.runs import write_atomic
+
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images, labels=labels, num_classes=np.int64(num_classes),
+             digest=np.str_(_digest(images, labels)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
+    except OSError:
+        pass
 
 
 # --- torchvision: mnist, fashion_mnist, cifar10 -------------------------------------------------
@@ -140,16 +196,39 @@ def _load_torchvision(settings: DatasetConfig) -> _Split:
 
     dataset_class = getattr(torchvision.datasets, DATASETS[settings.name].split(":")[1])
     root = _resolve(settings.root)
+    existing = _folders(root)
     try:
         train = dataset_class(str(root), train=True, download=settings.download)
         test = dataset_class(str(root), train=False, download=settings.download)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision wraps the rest
+        _remove_new_empty_folders(root, existing)
         raise BnexpError(_missing_files_message(dataset_class, root, settings.download)) from exc
     return _Split(
         _as_nchw(train.data), torch.as_tensor(train.targets, dtype=torch.int64),
         _as_nchw(test.data), torch.as_tensor(test.targets, dtype=torch.int64),
         num_classes=len(train.classes),
     )
+
+
+def _folders(root: Path, depth: int = 3) -> set[Path]:
+    """The folders a download may create: ``root``'s missing ancestors, ``root`` and what lies up to
+    ``depth`` levels below it (torchvision makes ``<root>/<Class>/raw``), those that exist now."""
+    found = {p for p in [root, *root.parents] if p.is_dir()}
+    level = [root] if root.is_dir() else []
+    for _ in range(depth):
+        level = [child for folder in level for child in folder.iterdir() if child.is_dir() and not child.is_symlink()]
+        found.update(level)
+    return found
+
+
+def _remove_new_empty_folders(root: Path, existing: set[Path]) -> None:
+    """After a failed download: remove the folders it created that are still empty, deepest first
+    (folders holding a partial download, or that existed before, stay)."""
+    for folder in sorted(_folders(root) - existing, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _as_nchw(data: Any) -> torch.Tensor:

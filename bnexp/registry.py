@@ -1,13 +1,16 @@
 """The run registry: find, filter and sort runs and sweeps from their small JSON records.
 
-Only ``run.json`` / ``sweep.json`` are read (never TensorBoard events) and nothing here imports
-torch or Hydra, so ``bnexp runs`` stays fast with thousands of runs. One unreadable record never
+Only ``run.json`` / ``sweep.json`` are read (never TensorBoard events), plus ``labels.json`` (tags
+and note) where a run has one, and nothing here imports torch or Hydra, so ``bnexp runs`` stays
+fast with thousands of runs. One unreadable record never
 hides the others: it is listed as ``unreadable`` with the reason. A record that says ``running``
 whose writer is gone is shown as ``dead``, with how to continue it.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.resources
 import os
 import re
 from datetime import datetime, timedelta
@@ -15,8 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from bnexp.errors import BnexpError
-from bnexp.runs import (CONFIG_FILE, RUN_FILE, SWEEP_FILE, RunRecord, UnreadableFile, iter_run_dirs, liveness,
-                        parse_time, read_json_object, read_record, read_yaml_mapping)
+from bnexp.labels import LABELS_FILE, read_labels
+from bnexp.runs import (CONFIG_FILE, SWEEP_FILE, RunRecord, UnreadableFile, iter_run_entries, liveness, parse_time,
+                        read_json_object, read_record, read_yaml_mapping)
 from bnexp.vocab import METRICS, STATUSES, DERIVED_STATUSES, higher_is_better, is_plumbing
 
 # Group choices already shown in their own columns of `bnexp runs`.
@@ -60,16 +64,34 @@ def load_record(path: Path) -> RunRecord:
     return record
 
 
+def with_labels(record: RunRecord, path: Path, present: Optional[bool] = None) -> RunRecord:
+    """Add the run's tags and note (``labels.json``, read only where it exists: ``present`` when the
+    caller's directory walk already knows) to the record, as ``tags`` and ``note`` in what ``--json``
+    prints. An unreadable labels file hides no run: its tags are left out, the reason kept as
+    ``labels_error``."""
+    tags, note = [], None
+    if present if present is not None else os.path.exists(path / LABELS_FILE):
+        try:
+            labels = read_labels(path)
+            tags, note = labels.tags, labels.note
+        except UnreadableFile as exc:
+            record.extra["labels_error"] = str(exc)
+    record.extra["tags"], record.extra["note"] = tags, note
+    return record
+
+
+def tags_of(record: RunRecord) -> list[str]:
+    return record.extra.get("tags") or []
+
+
 def load_runs(root: Path) -> list[RunRecord]:
-    """Every run under ``root`` with ``dir`` and ``sweep`` (the id of the sweep it belongs to)."""
+    """Every run under ``root`` with ``dir``, ``sweep`` (the id of the sweep it belongs to), tags and
+    note. One walk of the tree says which runs have a labels file: no extra look-up per run."""
     records = []
-    sweep_of: dict[Path, Optional[str]] = {}
-    for path in iter_run_dirs(root):
-        record = load_record(path)
-        parent = path.parent
-        if parent not in sweep_of:
-            sweep_of[parent] = parent.name if (parent / SWEEP_FILE).is_file() else None
-        record.sweep = sweep_of[parent]
+    for entry in iter_run_entries(root):
+        path = Path(entry.path)
+        record = with_labels(load_record(path), path, LABELS_FILE in entry.files)
+        record.sweep = entry.sweep
         records.append(record)
     return records
 
@@ -96,11 +118,43 @@ def check_statuses(statuses: Iterable[str]) -> None:
             raise BnexpError(f"--status {s}: valid statuses are {', '.join(valid)}")
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``norm`` -> builtin, custom, none), read from the installed
+    config tree without composing it."""
+    folder = importlib.resources.files("bnexp.conf").joinpath(group)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+# filter option -> (config group whose options are valid values, the record field it matches)
+CHOICE_FILTERS = {"model": ("model", "model"), "norm": ("norm", "norm"), "dataset": ("dataset", "dataset"),
+                  "experiment": ("experiment", "experiment")}
+
+
+def check_choices(option: str, values: Iterable[str], records: list[RunRecord]) -> None:
+    """A filter value must name something: an option of its config group, or a value some run has
+    (runs made with an older config tree). ``--norm batch`` is an error, not an empty table."""
+    values = list(values)
+    if not values:
+        return
+    group, attribute = CHOICE_FILTERS[option]
+    valid = set(group_options(group)) | {getattr(r, attribute) for r in records if getattr(r, attribute)}
+    if option == "dataset":
+        valid |= {r.dataset_path for r in records if r.dataset_path}
+    for value in values:
+        if value not in valid:
+            raise BnexpError(f"--{option} {value}: no {option} of that name; valid values are "
+                             f"{', '.join(sorted(valid)) or '(none)'}")
+
+
 def filter_runs(records: list[RunRecord], *, status: Iterable[str] = (), model: Iterable[str] = (),
-                norm: Iterable[str] = (), sweep: Optional[str] = None,
-                since: Optional[datetime] = None) -> list[RunRecord]:
-    """Keep records matching every given filter; several values of one filter mean "any of"."""
-    status, model, norm = set(status), set(model), set(norm)
+                norm: Iterable[str] = (), sweep: Optional[str] = None, since: Optional[datetime] = None,
+                experiment: Iterable[str] = (), dataset: Iterable[str] = (), name: Optional[str] = None,
+                tags: Iterable[str] = ()) -> list[RunRecord]:
+    """Keep records matching every given filter; several values of one filter mean "any of", except
+    tags: a run must carry every tag given. ``dataset`` matches the dataset's name or its path;
+    ``name`` is the ``name=`` label, with shell wildcards (``lr-*``)."""
+    status, model, norm, experiment, dataset = set(status), set(model), set(norm), set(experiment), set(dataset)
+    tags = set(tags)
 
     def keep(r: RunRecord) -> bool:
         if status and r.status not in status:
@@ -108,6 +162,14 @@ def filter_runs(records: list[RunRecord], *, status: Iterable[str] = (), model: 
         if model and r.model not in model:
             return False
         if norm and r.norm not in norm:
+            return False
+        if experiment and r.experiment not in experiment:
+            return False
+        if dataset and r.dataset not in dataset and r.dataset_path not in dataset:
+            return False
+        if name is not None and not fnmatch.fnmatchcase(r.name or "", name):
+            return False
+        if tags and not tags <= set(tags_of(r)):
             return False
         if sweep is not None and not (r.sweep or "").startswith(sweep):
             return False

@@ -263,13 +263,14 @@ class OrphanWatch(Callback):
     after its sweep was killed."""
 
     def __init__(self, sweep_dir: Path):
-        self.sweep_dir, self.checked = sweep_dir, time.monotonic()
+        self.sweep_dir, self.checked, self.fired = sweep_dir, time.monotonic(), False
 
     def on_step(self, loop):
         now = time.monotonic()
         if now - self.checked >= 1.0:
             self.checked = now
             if not is_locked(self.sweep_dir):
+                self.fired = True
                 raise KeyboardInterrupt
 
 
@@ -296,11 +297,14 @@ def run_job(cfg) -> dict:
         else:
             _clear_job_dir(run_dir)
             cfg = check_schema(cfg)
-            if cfg.threads is None:
-                cfg.threads = threads_per_job(hydra_cfg.launcher)
+            if cfg.threads is None:  # the job's share of the cores, split among its own processes
+                share = threads_per_job(hydra_cfg.launcher)
+                cfg.threads = max(1, share // cfg.nproc) if share else None
             validate(cfg)
             train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
     except Interrupted:
+        if any(w.fired for w in watch):  # nobody is left to report to: free the worker's memory now
+            os._exit(1)
         raise KeyboardInterrupt from None
     except Exception as exc:  # the run's status says what happened; the sweep goes on
         message = one_line(exc)
@@ -678,21 +682,70 @@ def swept_part(row, swept: list[str]) -> list[str]:
     return [o for o in row.overrides if override_key(o) in swept]
 
 
-def table(sweep: dict, rows: list, metric: str):
-    """The Rich table of a sweep's jobs, best first by ``metric``; failed jobs last."""
-    from rich.table import Table
+def table(sweep: dict, rows: list, metric: str, wide: bool = False):
+    """The table of a sweep's jobs, best first by ``metric`` (the best completed one in bold);
+    failed jobs last. It fits the terminal: the job number, status and accuracies stay, the
+    swept values wrap between overrides, the time gives way first."""
+    from bnexp.terminal import Column, FittedTable
 
     rows = sort_runs(rows, metric)
     best = next((r for r in rows if r.status == "completed"), None)
-    t = Table(title=f"sweep {sweep.get('id')} ({sweep.get('kind', 'grid')}, {len(rows)} jobs, sorted by {metric})",
-              title_justify="left")
-    for name, justify in (("#", "right"), ("overrides", "left"), ("status", "left"), ("val acc", "right"),
-                          ("best val acc", "right"), ("time", "right")):
-        t.add_column(name, justify=justify, no_wrap=name != "overrides")
+    columns = [Column("#", "right"), Column("overrides", wrap=True), Column("status"),
+               Column("val acc", "right"), Column("best val acc", "right"), Column("time", "right", priority=2)]
+    cells = []
     for row in rows:
-        style = STATUS_STYLE.get(row.status, "red")
         number = job_number(row)
-        t.add_row("?" if number is None else str(number), " ".join(swept_part(row, sweep.get("swept", []))),
-                  f"[{style}]{row.status}[/{style}]", *[fmt_number(row.metric(k)) for k in ("val_acc", "best_val_acc")],
-                  fmt_seconds(row.duration_s), style="bold" if row is best else None)
-    return t
+        cells.append(["?" if number is None else str(number), " ".join(swept_part(row, sweep.get("swept", []))),
+                      (row.status, STATUS_STYLE.get(row.status, "red")),
+                      *[fmt_number(row.metric(k)) for k in ("val_acc", "best_val_acc")], fmt_seconds(row.duration_s)])
+    return FittedTable(columns, cells, wide=wide, row_styles=["bold" if r is best else None for r in rows],
+                       title=f"sweep {sweep.get('id')} ({sweep.get('kind', 'grid')}, {len(rows)} jobs, sorted by {metric})",
+                       hint="bnexp show SWEEP --wide shows every column")
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm: the sbatch script of a sweep, shown by --dry-run
+
+
+def slurm_script(p: Plan) -> tuple[str, list[str]]:
+    """The sbatch script submitit would write for this sweep on Slurm (``--launcher submitit_slurm``),
+    rendered here without a cluster (submitit's own ``_make_sbatch_string``, fed the launcher settings
+    as hydra-submitit-launcher and submitit translate them: ``hydra.launcher.gpus_per_node=2`` ->
+    ``--gpus-per-node=2``, one array task per job); the sweep id is a placeholder. Also returns
+    notes on how the settings fit the jobs' ``nproc``: each job is one Slurm task, whose
+    ``bnexp train`` starts the job's ``nproc`` processes itself on its node."""
+    import shlex
+    import sys
+
+    from omegaconf import OmegaConf
+    from submitit.auto.auto import AutoExecutor
+    from submitit.slurm import slurm
+
+    from bnexp.config import override_value
+
+    hydra = _Hydra(p, Path(p.output_dir) / "sweeps" / "SWEEP_ID", p.overrides if p.kind == "grid" else p.fixed)
+    settings = OmegaConf.to_container(hydra.cfg.hydra.launcher, resolve=True)
+    folder = settings.pop("submitit_folder")
+    generic, renamed = AutoExecutor._typed_parameters(), slurm.SlurmExecutor._equivalence_dict()
+    params = {(renamed.get(k, k) if k in generic else k): v for k, v in settings.items()
+              if v is not None and k not in ("_target_", "max_num_timeout")}
+    if "mem" in params:
+        params["mem"] = slurm._convert_mem(params["mem"])
+    jobs = len(p.grid) if p.kind == "grid" else p.jobs_at_once
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    script = slurm._make_sbatch_string(command=command, folder=folder, map_count=jobs if jobs > 1 else None, **params)
+    jobs_overrides = p.grid if p.kind == "grid" else [p.fixed]
+    nproc = max(int(override_value(job, "nproc") or 1) for job in jobs_overrides)
+    notes = []
+    if settings["tasks_per_node"] != 1 or settings["nodes"] != 1:
+        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: every "
+                     "Slurm task would train the same job; keep one task on one node per job (bnexp starts the "
+                     "job's nproc processes itself)")
+    gpus = settings.get("gpus_per_node")
+    if nproc > 1 and not gpus:
+        notes.append(f"nproc={nproc} without hydra.launcher.gpus_per_node: the processes train on CPU (gloo); for "
+                     f"CUDA (NCCL, one GPU per process) set hydra.launcher.gpus_per_node={nproc}")
+    elif gpus and gpus < nproc:
+        notes.append(f"nproc={nproc} with hydra.launcher.gpus_per_node={gpus}: NCCL needs one GPU per process; "
+                     f"set hydra.launcher.gpus_per_node={nproc} (or train those jobs with device=cpu)")
+    return script, notes

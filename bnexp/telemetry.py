@@ -72,7 +72,9 @@ class NormProbe:
 
 
 def norm_tensors(module) -> dict[str, torch.Tensor]:
-    """A norm site's gamma, beta and running statistics (those it has)."""
+    """A norm site's gamma, beta and running statistics (those it has; a GhostBatchNorm wrapper's
+    are its layer's)."""
+    module = getattr(module, "layer", module)
     found = {"gamma": getattr(module, "weight", None), "beta": getattr(module, "bias", None),
              "running_mean": getattr(module, "running_mean", None),
              "running_var": getattr(module, "running_var", None)}

@@ -5,6 +5,8 @@ normalizes the batch in one op and runs forward/backward/step. Shuffling is seed
 so a run resumed from its checkpoint sees exactly the batches an uninterrupted run would.
 Everything that watches training (run record, TensorBoard, progress bar, checkpoints,
 diagnostics) is a listener (:mod:`bnexp.callbacks`); the loop itself fits on one screen.
+With ``nproc`` > 1 the same loop runs in every process of a data-parallel run, each on its shard
+of every batch (``loop.ranks``, :mod:`bnexp.distributed`); only rank 0 has listeners.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.callbacks import Callback, Callbacks, Checkpointer, Outcome, ProgressBar, RunLog, TrainLog
 from bnexp.checkpoint import Progress, load_checkpoint, restore, write_failure
 from bnexp.config import OPTIMIZERS, dataset_settings, import_object, override_value
+from bnexp.distributed import Ranks, in_worker, joined, launch
 from bnexp.errors import BnexpError
 from bnexp.runs import (CHECKPOINT_FILE, CONFIG_FILE, OVERRIDES_FILE, Run, RunRecord, now_iso, run_stem,
                         unique_dir)
@@ -71,13 +74,22 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_single: bool) -> list[torch.Tensor]:
-    """Index batches for one epoch; a last batch of one example is dropped when BN is training."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_size: int) -> list[torch.Tensor]:
+    """Global index batches for one epoch (the same on every rank); a last batch of fewer than
+    ``min_size`` examples (:func:`smallest_batch`) is dropped."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     batches = list(order.split(batch_size))
-    if drop_single and len(batches[-1]) < 2:
+    if len(batches[-1]) < min_size:
         batches.pop()
     return batches
+
+
+def smallest_batch(cfg: DictConfig) -> int:
+    """The fewest examples a training batch may hold: one per rank, two per rank for BN with
+    per-replica statistics (one example has none), two in all for synchronized BN."""
+    uses_bn = cfg.norm.kind != "none"
+    per_rank = 2 if uses_bn and not cfg.norm.sync else 1
+    return max(per_rank * cfg.nproc, 2 if uses_bn else 1)
 
 
 @torch.no_grad()
@@ -85,21 +97,34 @@ def evaluate(model, data, x_all, y_all, batch_size: int, batch_stats: bool = Fal
     """Mean cross-entropy and accuracy. BN normalizes with its running statistics (eval mode), or
     with each evaluation batch's own statistics when ``batch_stats`` (train mode, running statistics
     saved and put back, so evaluating leaves no trace)."""
+    loss_sum, correct = evaluation_sums(model, data, x_all, y_all, batch_size, batch_stats)
+    n = max(len(x_all), 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+@torch.no_grad()
+def evaluation_sums(model, data, x_all, y_all, batch_size: int,
+                    batch_stats: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and the number of correct predictions, as device tensors (see :func:`evaluate`).
+    With ``batch_stats`` a last batch of one example joins the one before: BN cannot normalize a
+    single example by its own statistics."""
     saved = {k: v.clone() for k, v in model.state_dict().items()} if batch_stats else None
     model.train(batch_stats)
     loss_sum = torch.zeros((), device=x_all.device)
     correct = torch.zeros((), device=x_all.device, dtype=torch.long)
-    for start in range(0, len(x_all), batch_size):
-        x = data.normalize(x_all[start:start + batch_size])
-        y = y_all[start:start + batch_size]
+    bounds = [*range(0, len(x_all), batch_size), len(x_all)]
+    if batch_stats and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    for start, end in zip(bounds, bounds[1:]):
+        x = data.normalize(x_all[start:end])
+        y = y_all[start:end]
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     if saved is not None:
         model.load_state_dict(saved)
     model.train()
-    n = max(len(x_all), 1)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum, correct
 
 
 @dataclass
@@ -116,12 +141,15 @@ class Loop:
     total_steps: int
     epochs: int
     uses_bn: bool
+    min_batch: int  # a smaller last batch of an epoch is dropped (smallest_batch)
     started: float  # perf_counter() at the start, minus the time earlier sessions of the run took
     compile_s: float = 0.0
     epoch: int = 0  # the epoch being trained, from 1
     hist_due: bool = False  # this step's forward/backward should be captured for histograms
-    run: Optional[Run] = None
+    run: Optional[Run] = None  # rank 0's; None on the other ranks, which keep no run and no listeners
+    ranks: Ranks = field(default_factory=Ranks)  # this process among the data-parallel ones (one: rank 0 of 1)
     record_every: int = 0  # hist_every_steps, as a plain int (an OmegaConf read costs ~20 us)
+    listeners: Optional[Callbacks] = None  # everything watching this run (set by run_loop)
 
     @property
     def device(self) -> torch.device:
@@ -139,81 +167,119 @@ class Window:
 
 
 def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
-          progress: bool = True, callbacks: Iterable[Callback] = ()) -> RunRecord:
+          progress: bool = True, callbacks: Iterable[Callback] = ()) -> Optional[RunRecord]:
     """Train one run to completion; returns its record (``record.dir`` is its directory).
 
     ``run_dir``: an existing empty directory to use (a sweep job's); ``resume``: a run directory to
     continue from its checkpoint, with ``cfg`` its saved config (longer ``epochs``/``max_steps``
     extend it). Raises :class:`Diverged` on a non-finite loss, :class:`Interrupted` on Ctrl-C or
     SIGTERM, and BnexpError for bad input found while loading.
-    """
-    from bnexp.data import load_dataset
-    from bnexp.diagnostics import diagnostics
-    from bnexp.models import build_model
-    from bnexp.telemetry import Telemetry
 
-    opened = Run.open(resume) if resume is not None else None  # first: a busy run is refused before any work
+    With ``nproc`` > 1 this process launches that many workers and waits for them
+    (:mod:`bnexp.distributed`); in a worker it trains as one rank, and ranks other than 0 return None.
+    """
+    if cfg.nproc > 1 and not in_worker():
+        return launch(cfg, overrides, run_dir=run_dir, resume=resume, progress=progress, callbacks=callbacks)
+    with joined(cfg, resolve_device(cfg.device.type)) as ranks:
+        return train_rank(cfg, overrides, ranks, run_dir=run_dir, resume=resume, progress=progress,
+                          callbacks=callbacks)
+
+
+def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: Optional[Path],
+               resume: Optional[Path], progress: bool, callbacks: Iterable[Callback]) -> Optional[RunRecord]:
+    """:func:`train` in this process, as rank ``ranks.rank`` of ``ranks.size``: every rank builds the
+    same model and sees its shard of each batch; rank 0 alone keeps the run and its listeners."""
+    from bnexp.data import load_dataset
+    from bnexp.models import build_model, synchronize_norms
+
+    lead = ranks.rank == 0
+    opened = Run.open(resume) if resume is not None and lead else None  # first: a busy run is refused early
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device.type)
+        device = ranks.device
         torch.manual_seed(cfg.seed)
         data = load_dataset(dataset_settings(cfg), device)
-        uses_bn = cfg.norm.kind != "none"
-        if uses_bn and len(data.train_x) < 2:
-            raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); batch norm needs >= 2")
-        model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
-        optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, uses_bn))
+        uses_bn, min_batch = cfg.norm.kind != "none", smallest_batch(cfg)
+        steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, min_batch))
+        if steps_per_epoch == 0:
+            where = f" with nproc={cfg.nproc}" if cfg.nproc > 1 else ""
+            raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); "
+                             f"{'batch norm' if uses_bn else 'training'}{where} needs >= {min_batch}")
+        module = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
+        sync_note = synchronize_norms(module, cfg.norm, device)
+        optimizer = build_optimizer(cfg.optimizer, module.parameters())
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
         scheduler = build_scheduler(cfg.optimizer, optimizer, total_steps)
         state = Progress()
-        if opened is not None:
-            state = restore(load_checkpoint(opened.path / CHECKPOINT_FILE, device), model, optimizer, scheduler)
+        if resume is not None:
+            state = restore(load_checkpoint(Path(resume) / CHECKPOINT_FILE, device), module, optimizer, scheduler)
             if state.step >= total_steps:
-                raise BnexpError(f"run {opened.path.name} already trained {state.step} steps "
-                                 f"({state.epoch} epochs); to train longer: resume={opened.path.name} epochs=N "
-                                 f"with N > {cfg.epochs}")
+                name = Path(resume).name
+                raise BnexpError(f"run {name} already trained {state.step} steps ({state.epoch} epochs); to train "
+                                 f"longer: resume={name} epochs=N with N > {cfg.epochs}")
+        model = ranks.wrap(module)
     except BaseException:
         if opened is not None:
             opened.close()  # the run's record is left exactly as it was
         raise
-    run = opened or create_run(cfg, overrides, run_dir, device, data)
-    loop = Loop(cfg=cfg, model=model, module=model, data=data, optimizer=optimizer, scheduler=scheduler,
+    if sync_note and lead:
+        from bnexp.cli import error_line
+
+        error_line(sync_note, label="note")
+    execution = {**ranks.describe(), **({"norm_sync": sync_note} if sync_note else {})}
+    run = (opened or create_run(cfg, overrides, run_dir, device, execution)) if lead else None
+    loop = Loop(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
                 progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
-                uses_bn=uses_bn, started=time.perf_counter() - run.record.duration_s, run=run,
-                record_every=int(cfg.hist_every_steps))
-    listeners = [RunLog(run, resumed=opened is not None)]
-    if opened is not None:
+                uses_bn=uses_bn, min_batch=min_batch, run=run, ranks=ranks, record_every=int(cfg.hist_every_steps),
+                started=time.perf_counter() - (run.record.duration_s if run else 0.0))
+    resumed_at = state.step if opened is not None else None
+    listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
+    outcome = run_loop(loop, Callbacks(listeners))
+    return finish(outcome, run.path if run else None, run.record if run else None)
+
+
+def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resumed_at: Optional[int],
+                  progress: bool) -> list[Callback]:
+    """Everything that watches a run (rank 0's alone): its record, checkpoint, TensorBoard,
+    diagnostics, progress bar. ``resumed_at``: the checkpoint's step, for a continued run."""
+    from bnexp.diagnostics import diagnostics
+    from bnexp.telemetry import Telemetry
+
+    resumed = resumed_at is not None
+    listeners = [RunLog(run, resumed=resumed)]
+    if resumed:
         listeners.append(_ConfigRefresh(cfg, overrides))
     if cfg.checkpoint:
         listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
-    listeners.append(Telemetry(run, cfg, model, purge_step=state.step + 1 if opened is not None else None))
-    listeners += diagnostics(cfg, run, model)
+    telemetry = Telemetry(run, cfg, module, purge_step=resumed_at + 1 if resumed else None)
+    listeners += [telemetry, *diagnostics(cfg, run, module, telemetry.writer)]
     if progress:
         listeners.append(ProgressBar())
-    outcome = run_loop(loop, Callbacks([*listeners, *callbacks]))
-    return finish(outcome, run)
+    return listeners
 
 
 def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
     """Epochs until done, then ``on_end`` with how it went. Exceptions other than Ctrl-C and
     divergence are recorded as ``failed`` and re-raised."""
     outcome = Outcome()
+    loop.listeners = listeners
     try:
         loop.compile_s = _maybe_compile(loop)
         listeners.on_start(loop)
         for epoch in range(loop.progress.epoch, loop.epochs):
             loop.epoch = epoch + 1
             train_epoch(loop, listeners)
-            val_loss, val_acc = evaluate(loop.model, loop.data, loop.data.val_x, loop.data.val_y,
-                                         loop.cfg.eval_batch_size)
+            val_loss, val_acc = validate(loop)
             p = loop.progress
             p.epoch = loop.epoch
             if val_acc > p.best_val_acc:
                 p.best_val_acc, p.best_epoch = val_acc, p.epoch
-            p.metrics.update(val_loss=val_loss, val_acc=val_acc, **listeners.on_validation(loop),
-                             best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step)
+            with loop.ranks.local_statistics(loop.module):  # listeners run on rank 0 alone
+                extra = listeners.on_validation(loop)
+            p.metrics.update(val_loss=val_loss, val_acc=val_acc, **extra,
+                             best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step,
+                             mean_examples_per_s=mean_rate(p.metrics, p.epoch))
             listeners.on_epoch(loop, {"kind": "epoch", **p.metrics})
         outcome = Outcome("completed")
     except Diverged as exc:
@@ -232,9 +298,28 @@ def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
     return outcome
 
 
+def mean_rate(metrics: dict, epochs: int) -> float:
+    """Throughput over epochs 1..``epochs``: the harmonic mean of their rates (total examples over
+    total time, epochs being the same size), updated from the previous epochs' mean."""
+    rate, before = metrics["examples_per_s"], metrics.get("mean_examples_per_s")
+    return rate if not before or epochs < 2 else epochs / ((epochs - 1) / before + 1 / rate)
+
+
+def validate(loop: Loop) -> tuple[float, float]:
+    """Validation loss and accuracy with running statistics. With several ranks, each scores its
+    share of the validation set with rank 0's statistics and the sums are added up."""
+    ranks, data = loop.ranks, loop.data
+    ranks.broadcast_buffers(loop.module)
+    part = ranks.part(len(data.val_x))
+    sums = evaluation_sums(loop.module, data, data.val_x[part], data.val_y[part], loop.cfg.eval_batch_size)
+    loss_sum, correct = ranks.sum(*sums)
+    return loss_sum / max(len(data.val_x), 1), correct / max(len(data.val_x), 1)
+
+
 def train_epoch(loop: Loop, listeners: Callbacks) -> None:
-    """One pass over the shuffled training set. Loss/accuracy sums stay on the device; the host
-    syncs only at log steps, where a non-finite running loss stops the run as diverged."""
+    """One pass over the shuffled training set, each rank on its shard of every batch. Loss/accuracy
+    sums stay on the device; the host syncs (and the ranks add up their sums) only at log steps,
+    where a non-finite running loss stops the run as diverged."""
     cfg, data, p = loop.cfg, loop.data, loop.progress
     log_every = int(cfg.log_every_steps)  # read once: OmegaConf lookups cost ~20 us each
     loop.model.train()
@@ -242,25 +327,27 @@ def train_epoch(loop: Loop, listeners: Callbacks) -> None:
     correct = torch.zeros((), device=loop.device, dtype=torch.long)
     seen, last = 0, Window()
     epoch_start = last.time
-    for idx in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.uses_bn):
+    for batch in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.min_batch):
         if p.step >= loop.total_steps:
             break
-        idx = idx.to(loop.device, non_blocking=True)
+        idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
         x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
         loop.hist_due = loop.record_every > 0 and (p.step == 0 or (p.step + 1) % loop.record_every == 0)
         logits = loop.model(x)
-        loss = F.cross_entropy(logits, y)
+        summed = F.cross_entropy(logits, y, reduction="sum")
+        loss = summed / (len(batch) / loop.ranks.size)  # DDP averages over ranks: the global batch's mean
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
         loop.scheduler.step()
         p.step += 1
-        seen += len(y)
-        loss_sum += loss.detach() * len(y)
+        seen += len(batch)
+        loss_sum += summed.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         listeners.on_step(loop)
         if p.step % log_every == 0 or p.step == loop.total_steps:
-            now, total_loss, total_correct = time.perf_counter(), loss_sum.item(), int(correct.item())
+            now = time.perf_counter()
+            total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
             window = seen - last.seen
             _check_finite(total_loss, loop)
             listeners.on_log(loop, TrainLog(step=p.step, epoch=loop.epoch,
@@ -271,9 +358,10 @@ def train_epoch(loop: Loop, listeners: Callbacks) -> None:
             last = Window(seen, total_loss, total_correct, now)
     loop.hist_due = False
     elapsed = time.perf_counter() - epoch_start
-    train_loss = loss_sum.item() / max(seen, 1)
+    total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
+    train_loss = total_loss / max(seen, 1)
     _check_finite(train_loss, loop)
-    p.metrics.update(train_loss=train_loss, train_acc=correct.item() / max(seen, 1),
+    p.metrics.update(train_loss=train_loss, train_acc=total_correct / max(seen, 1),
                      lr=loop.scheduler.get_last_lr()[0], examples_per_s=seen / max(elapsed, 1e-9))
 
 
@@ -312,19 +400,26 @@ def _maybe_compile(loop: Loop) -> float:
 # The run directory of a training run
 
 
-def create_run(cfg: DictConfig, overrides: list[str], run_dir: Optional[Path], device: torch.device, data) -> Run:
+def new_run_dir(cfg: DictConfig) -> Path:
+    """A fresh, empty directory for a new run: ``output_dir/runs/<date>-<time>-<model>-<norm>[-name]-<hex>``."""
+    return unique_dir(Path(cfg.output_dir) / "runs", run_stem(cfg.model.name, cfg.norm.kind, cfg.name))
+
+
+def create_run(cfg: DictConfig, overrides: list[str], run_dir: Optional[Path], device: torch.device,
+               execution: Optional[dict] = None) -> Run:
     """A new run: its directory (``run_dir``, or a fresh one under ``output_dir/runs``), config files
-    and record, locked by this process."""
+    and record, locked by this process. ``execution``: how it runs (processes, backend), for ``repro``."""
     made = run_dir is None
     if made:
-        run_dir = unique_dir(Path(cfg.output_dir) / "runs", run_stem(cfg.model.name, cfg.norm.kind, cfg.name))
-    record = new_record(cfg, overrides, run_dir.name, device)
+        run_dir = new_run_dir(cfg)
+    record = new_record(cfg, overrides, run_dir.name, device, execution)
     files = {CONFIG_FILE: OmegaConf.to_yaml(cfg, resolve=True),
              OVERRIDES_FILE: OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
     return Run.create(run_dir, record, files, made_dir=made)
 
 
-def new_record(cfg: DictConfig, overrides: list[str], run_id: str, device: torch.device) -> RunRecord:
+def new_record(cfg: DictConfig, overrides: list[str], run_id: str, device: torch.device,
+               execution: Optional[dict] = None) -> RunRecord:
     d = cfg.dataset
     return RunRecord(
         id=run_id, status="running", started=now_iso(), model=cfg.model.name, norm=cfg.norm.kind,
@@ -332,7 +427,8 @@ def new_record(cfg: DictConfig, overrides: list[str], run_id: str, device: torch
                                                               else None),
         experiment=override_value(overrides, "experiment"), name=cfg.name, optimizer=cfg.optimizer.name,
         lr=cfg.optimizer.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
-        nproc=cfg.nproc, device=str(device), overrides=list(overrides), repro=reproducibility(device),
+        nproc=cfg.nproc, device=str(device), overrides=list(overrides),
+        repro={**reproducibility(device), **(execution or {})},
     )
 
 
@@ -382,16 +478,19 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def finish(outcome: Outcome, run: Run) -> RunRecord:
-    """The record of a run that ended well, else the error its outcome calls for."""
+def finish(outcome: Outcome, run_dir: Optional[Path], record: Optional[RunRecord]) -> Optional[RunRecord]:
+    """The record of a run that ended well (None on ranks other than 0, which keep none), else the
+    error its outcome calls for."""
     notes = "".join(f"; {n}" for n in outcome.notes)
+    message = outcome.message or outcome.status
     if outcome.status == "interrupted":
-        raise Interrupted(outcome.message + notes)
+        raise Interrupted(message + notes)
     if outcome.status == "diverged":
-        raise Diverged(f"{outcome.message} (run {run.path}, status diverged){notes}")
+        raise Diverged(f"{message} (run {run_dir}, status diverged){notes}")
     if outcome.status != "completed":
-        raise BnexpError(f"{outcome.message}{notes}")
+        raise BnexpError(f"{message}{notes}")
     if notes:
-        raise BnexpError(f"run {run.path} completed{notes}")
-    run.record.dir = str(run.path)
-    return run.record
+        raise BnexpError(f"run {run_dir} completed{notes}")
+    if record is not None:
+        record.dir = str(run_dir)
+    return record

@@ -29,10 +29,10 @@ STATUS_STYLE = {"completed": "green", "diverged": "yellow", "running": "cyan", "
                 "dead": "bold red", "failed": "red", "unreadable": "red"}
 RESUMABLE = ("interrupted", "failed", "dead")
 
-# Top-level config keys that say where or how a run ran, not what it trained: left out of
+# Top-level config keys that say where or how a run ran or what it measured, not what it trained: left out of
 # "key overrides", of the keys that differ between runs, of HParams and of report labels.
 PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
-                 "hist_every_steps", "log_channels", "device")
+                 "hist_every_steps", "log_channels", "device", "recalibrate_batches")
 
 
 def is_plumbing(key: str) -> bool:

@@ -13,14 +13,19 @@ config), seed and batch size on the same data (the 8,000-image train split of MN
     bnexp        ``bnexp.train.train(cfg, [], run_dir=tmp, progress=False)``: scalars every
                  ``log_every_steps`` (10), histograms off
     bnexp-quiet  the trainer without step logging (``log_every_steps`` 1e9, ``hist_every_steps`` 0)
-    bnexp-full   the trainer with full logging at the config defaults: scalars every 10 steps and
-                 histograms (+ per-channel gamma/beta scalars, percentile records) every 100 steps (default)
+    bnexp-full   the trainer with full logging at the config defaults: scalars every 10 steps and,
+                 every 100 steps (default), histograms (+ per-channel gamma/beta scalars, percentile
+                 records) and the gradient telemetry (bnexp.diagnostics: gradient and weight norms,
+                 effective LR, gamma/beta gradient norms, pre-activation gradient histograms)
 
 What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
 last optimizer step (device synchronized), after a warm-up (the trainer's first epoch; 20 batches
-of the course and bare loops). Setup, evaluation and checkpoints are not timed. The trainer's epochs
-are timed by wrapping its epoch function for the length of the call; its own ``examples_per_s``
-agrees with that wall clock (kept in --json as a cross-check).
+of the course and bare loops). Setup, evaluation and checkpoints are not timed. The trainer is
+timed from inside by a listener passed as ``train(..., callbacks=[EpochTimer(...)])``; its own
+``examples_per_s`` agrees with that wall clock (kept in --json as a cross-check). The per-epoch BN
+diagnostics (validation with batch statistics and with recalibrated statistics, ``recalibrate_batches``
+at the config default) run after each epoch's validation, outside the timed epoch: their time is shown
+apart ("val diagnostics"), as a share of the epoch's training time.
 
 Two clocks, both always shown: wall-clock and process CPU time (all threads). On a shared CPU
 machine the CPU-time clock with one torch thread is the steadier measure of the work and is the
@@ -30,7 +35,8 @@ Timings on a shared machine are noisy, so the variants run interleaved: each rep
 variant once (a fresh model), in an order that rotates between repeats. Throughputs are medians
 over all timed epochs; ratios are medians of the per-repeat ratios, with their min..max. The
 logging overhead is given twice: end to end (1 - full/quiet throughput, between runs, noisy) and
-directly (time inside the trainer's logging calls / epoch time, within the same epochs).
+directly (time inside the trainer's listeners' per-step hooks / epoch time, within the same epochs;
+the gradient telemetry's forward and gradient hooks run inside the steps and count only end to end).
 
     .venv/bin/python scripts/bench_train.py                 # ~3 min on 2 busy CPU cores
     .venv/bin/python scripts/bench_train.py --quick         # one repeat, one timed epoch (~1 min)
@@ -40,7 +46,6 @@ directly (time inside the trainer's logging calls / epoch time, within the same 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -67,6 +72,8 @@ except ImportError:  # older torchvision
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bnexp.callbacks import Callback  # noqa: E402  (torch-free; after the path is set)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-t10k"
 QUIET_LOG_EVERY = 10**9  # "never" for log_every_steps (it must be >= 1)
@@ -105,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--norm", default="builtin", help="bnexp norm option (default: builtin = torch.nn.BatchNorm)")
     p.add_argument("--log-every", type=int, default=10, help="log_every_steps of bnexp, bnexp-full (default: 10)")
     p.add_argument("--hist-every", type=int, default=100, help="hist_every_steps of bnexp-full (default: 100, the config default)")
+    p.add_argument("--recalibrate-batches", type=int, default=None, metavar="N",
+                   help="recalibrate_batches of the bnexp variants (default: the config default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers of the course loop "
                                                           "(default: 0, as in the notes)")
     p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, metavar="NAME",
@@ -144,14 +153,19 @@ class Epoch:
     wall_s: float
     cpu_s: float
     reported: Optional[float] = None  # the trainer's own examples_per_s for this epoch (bnexp variants)
-    log_wall_s: float = 0.0  # time inside the trainer's logging calls (bnexp variants)
+    log_wall_s: float = 0.0  # time inside the trainer's per-step listener hooks (bnexp variants)
     log_cpu_s: float = 0.0
+    diagnostics_wall_s: float = 0.0  # time in the listeners' on_validation after this epoch (bnexp variants)
+    diagnostics_cpu_s: float = 0.0
 
     def rate(self, clock: str) -> float:
         return self.examples / max(self.wall_s if clock == "wall" else self.cpu_s, 1e-9)
 
     def log_share(self, clock: str) -> float:
         return self.log_wall_s / self.wall_s if clock == "wall" else self.log_cpu_s / self.cpu_s
+
+    def diagnostics_share(self, clock: str) -> float:
+        return self.diagnostics_wall_s / self.wall_s if clock == "wall" else self.diagnostics_cpu_s / self.cpu_s
 
 
 @dataclass
@@ -169,6 +183,10 @@ class Variant:
     def log_share(self, clock: str) -> float:
         """Median over timed epochs of the share of epoch time spent inside logging calls."""
         return statistics.median(e.log_share(clock) for rep in self.repeats for e in rep)
+
+    def diagnostics_share(self, clock: str) -> float:
+        """Median over timed epochs of the BN diagnostics' time after the epoch / the epoch's time."""
+        return statistics.median(e.diagnostics_share(clock) for rep in self.repeats for e in rep)
 
 
 class Stopwatch:
@@ -195,11 +213,11 @@ def sync(device) -> None:
 def fresh_model(cfg, data, device):
     """The model and optimizer bnexp's trainer builds for ``cfg`` (same seed, same initial weights)."""
     from bnexp.models import build_model
-    from bnexp.train import make_optimizer
+    from bnexp.train import build_optimizer
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
-    return model, make_optimizer(cfg.optimizer, model.parameters())
+    return model, build_optimizer(cfg.optimizer, model.parameters())
 
 
 class NotesMNIST(Dataset):
@@ -273,70 +291,79 @@ def run_bare(cfg, data, device, epochs: int) -> list[Epoch]:
     return timed
 
 
+class EpochTimer(Callback):
+    """A listener that times the trainer from inside, passed as ``train(..., callbacks=[timer])``.
+
+    An epoch runs from the end of the previous epoch's listeners (or of ``on_start``) to the end of
+    its last step's listeners: evaluation, checkpoints and setup fall outside. Within it, the time
+    spent inside the trainer's other listeners' per-step hooks (``on_step``, ``on_log``: scalars,
+    histograms, gradient telemetry, metrics.jsonl) is the logging time; the time inside their
+    ``on_validation`` (the BN diagnostics' extra validations) is kept apart, per epoch. Registered
+    last, so its own hooks run after everyone else's."""
+
+    def __init__(self, device):
+        self.device = device
+        self.epochs: list[tuple[float, float, float, float, float, float]] = []  # wall, cpu, log, diagnostics
+        self.clock = self.last = (0.0, 0.0)
+        self.logging = [0.0, 0.0]
+        self.diagnostics = [0.0, 0.0]
+
+    def now(self) -> tuple[float, float]:
+        sync(self.device)
+        return time.perf_counter(), time.process_time()
+
+    def on_start(self, loop):
+        for listener in loop.listeners.listeners:
+            if listener is not self:
+                for hook in ("on_step", "on_log"):
+                    setattr(listener, hook, self.timed(getattr(listener, hook), self.logging))
+                listener.on_validation = self.timed(listener.on_validation, self.diagnostics)
+        self.clock = self.last = self.now()
+
+    def timed(self, hook, into: list[float]):
+        def timed_hook(*args):
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return hook(*args)
+            finally:
+                into[0] += time.perf_counter() - wall
+                into[1] += time.process_time() - cpu
+        return timed_hook
+
+    def on_step(self, loop):
+        self.last = self.now()
+
+    def on_log(self, loop, log):
+        self.last = self.now()
+
+    def on_epoch(self, loop, record):  # the diagnostics ran in on_validation, just before
+        (w0, c0), (w1, c1) = self.clock, self.last
+        self.epochs.append((w1 - w0, c1 - c0, *self.logging, *self.diagnostics))
+        self.logging[:], self.diagnostics[:] = [0.0, 0.0], [0.0, 0.0]
+        self.clock = self.last = self.now()
+
+
 def run_bnexp(cfg, data, epochs: int) -> list[Epoch]:
-    """``bnexp.train.train`` for 1 + epochs epochs, timed from outside by wrapping (for the length of
-    the call) its epoch function ``_train_epoch``: evaluation, checkpoints and setup fall outside.
-    The trainer's logging entry points are wrapped too, to attribute the time spent inside them
-    (a direct, load-insensitive estimate of the logging overhead: numerator and denominator come
-    from the same epoch). The trainer's own ``examples_per_s`` is kept as a cross-check."""
+    """``bnexp.train.train`` for 1 + epochs epochs (the first is the warm-up), timed by an
+    :class:`EpochTimer`. The trainer's own ``examples_per_s`` is kept as a cross-check."""
     from omegaconf import OmegaConf
 
-    import bnexp.telemetry as telemetry
-    import bnexp.train as trainer
+    from bnexp.train import train
 
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, True)
     cfg.epochs = 1 + epochs
-    device = data.train_x.device
-    epochs_timed: list[tuple[Stopwatch, float, float]] = []
-    state = {"in_epoch": False, "depth": 0, "wall": 0.0, "cpu": 0.0}
-
-    def timed_epoch(*args, **kwargs):
-        state.update(in_epoch=True, wall=0.0, cpu=0.0)
-        try:
-            with Stopwatch(device) as clock:
-                originals["_train_epoch"](*args, **kwargs)
-        finally:
-            state["in_epoch"] = False
-        epochs_timed.append((clock, state["wall"], state["cpu"]))
-
-    def timed_logging(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            if not state["in_epoch"] or state["depth"]:  # outside epochs, or nested (Run.log inside log_histograms)
-                return fn(*args, **kwargs)
-            state["depth"] += 1
-            wall, cpu = time.perf_counter(), time.process_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                state["depth"] -= 1
-                state["wall"] += time.perf_counter() - wall
-                state["cpu"] += time.process_time() - cpu
-        return wrapper
-
-    patches = [(trainer, "_train_epoch", lambda fn: timed_epoch), (telemetry.Telemetry, "log_histograms", timed_logging),
-               (telemetry.Telemetry, "log_train", timed_logging), (trainer.Run, "log", timed_logging)]
-    originals = {name: getattr(owner, name) for owner, name, _ in patches if hasattr(owner, name)}
-    try:
-        for owner, name, wrap in patches:
-            if name in originals:
-                setattr(owner, name, wrap(originals[name]))
-        with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
-            run_dir = Path(tmp) / "run"
-            trainer.train(cfg, [], run_dir=run_dir, progress=False)
-            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    finally:
-        for owner, name, _ in patches:
-            if name in originals:
-                setattr(owner, name, originals[name])
+    timer = EpochTimer(data.train_x.device)
+    with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        train(cfg, [], run_dir=run_dir, progress=False, callbacks=[timer])
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     reported = [r["examples_per_s"] for r in sorted((r for r in records if r["kind"] == "epoch"),
                                                    key=lambda r: r["epoch"])]
     n = len(data.train_x) - (1 if cfg.norm.kind != "none" and len(data.train_x) % cfg.batch_size == 1 else 0)
-    if "_train_epoch" not in originals:  # the trainer's epoch function moved: use its own wall-clock numbers
-        return [Epoch(n, n / rate, float("nan"), rate) for rate in reported[1:]]
-    return [Epoch(n, clock.wall, clock.cpu, rate, log_wall, log_cpu)
-            for (clock, log_wall, log_cpu), rate in zip(epochs_timed[1:], reported[1:])]
+    return [Epoch(n, wall, cpu, rate, log_wall, log_cpu, diag_wall, diag_cpu)
+            for (wall, cpu, log_wall, log_cpu, diag_wall, diag_cpu), rate in zip(timer.epochs[1:], reported[1:])]
 
 
 # --- measuring and reporting -----------------------------------------------------------------------
@@ -373,7 +400,8 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
                   lambda: run_bnexp(cfg_scalars, data, args.epochs)),
         "bnexp-quiet": ("train(): no step logging (log_every_steps=1e9, hist_every_steps=0)",
                         lambda: run_bnexp(cfg_quiet, data, args.epochs)),
-        "bnexp-full": (f"train(): scalars every {args.log_every}, histograms every {args.hist_every} steps",
+        "bnexp-full": (f"train(): scalars every {args.log_every}, histograms and gradient telemetry every "
+                       f"{args.hist_every} steps",
                        lambda: run_bnexp(cfg_full, data, args.epochs)),
     }
     names = [n for n in runners if args.variants is None or n in args.variants]
@@ -406,15 +434,19 @@ def report(args, results: list[dict], settings: dict, console) -> list[dict]:
         table = Table(title=f"training throughput, batch {res['batch_size']}, {res['train_examples']:,} train images "
                             f"(median over timed epochs; ratios: median of per-repeat ratios; {clock} clock)",
                       title_justify="left")
-        for col in ("variant", "what", unit[clock], "min..max", unit[other], "vs course", "vs bare", "in log calls"):
+        for col in ("variant", "what", unit[clock], "min..max", unit[other], "vs course", "vs bare", "in log calls",
+                    "val diagnostics"):
             table.add_column(col, justify="left" if col in ("variant", "what") else "right")
         for v in vs.values():
             rates = v.rates(clock)
             ratio = {ref: (f"{paired_ratio(v, vs[ref], clock)[0]:.2f}x" if ref in vs else "-")
                      for ref in ("course", "bare")}
-            share = f"{v.log_share(clock):.1%}" if v.name.startswith("bnexp") else "-"
+            trainer = v.name.startswith("bnexp")
+            share = f"{v.log_share(clock):.1%}" if trainer else "-"
+            diagnostics = f"{v.diagnostics_share(clock):.1%}" if trainer else "-"
             table.add_row(v.name, v.what, f"{statistics.median(rates):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
-                          f"{statistics.median(v.rates(other)):,.0f}", ratio["course"], ratio["bare"], share)
+                          f"{statistics.median(v.rates(other)):,.0f}", ratio["course"], ratio["bare"], share,
+                          diagnostics)
         console.print(table)
 
         target_table = Table(title=f"targets, batch {res['batch_size']} ({clock} clock: median, min..max over "
@@ -475,6 +507,8 @@ def main(argv=None) -> int:
             "optimizer=sgd", f"device={args.device}", "checkpoint=false"]
     if args.threads:
         base.append(f"threads={args.threads}")
+    if args.recalibrate_batches is not None:
+        base.append(f"recalibrate_batches={args.recalibrate_batches}")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
@@ -493,6 +527,7 @@ def main(argv=None) -> int:
                      f"schedule={cfg.optimizer.schedule}",
         "data": f"{data_dir} (dataset=idx, val_fraction=0.2, split_seed={cfg.dataset.split_seed})",
         "batch sizes": ", ".join(map(str, args.batch_size)),
+        "BN diagnostics": f"recalibrate_batches={cfg.recalibrate_batches} (after each epoch, not timed in it)",
         "timing": f"{args.repeats} interleaved repeat(s), each variant: fresh model, 1 warm-up + {args.epochs} timed "
                   f"epoch(s); clock for ratios: {args.clock}",
         "device": f"{args.device} ({hw}), torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "

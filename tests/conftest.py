@@ -113,3 +113,29 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def fake_run(root: Path, run_id: str, *, status="completed", model="mlp", norm="custom", lr=0.1, age_h=1.0,
+             best=0.9, overrides=None, parent="runs", seed=0) -> Path:
+    """A run directory as `bnexp train` leaves it, minus the heavy files (for registry tests)."""
+    import json
+    from datetime import datetime, timedelta
+
+    now = datetime.now().astimezone().replace(microsecond=0)
+    run_dir = root / parent / run_id
+    run_dir.mkdir(parents=True)
+    metrics = {} if status == "failed" else {"train_loss": 0.3, "train_acc": best - 0.01, "val_loss": 0.4,
+                                             "val_acc": best - 0.02, "best_val_acc": best, "best_epoch": 2,
+                                             "epoch": 3, "step": 60, "examples_per_s": 1e4, "lr": lr}
+    summary = {"id": run_id, "status": status, "started": (now - timedelta(hours=age_h)).isoformat(),
+               "ended": now.isoformat(), "duration_s": 12.5, "model": model, "norm": norm, "dataset": "digits",
+               "optimizer": "sgd", "lr": lr, "batch_size": 64, "epochs": 3, "seed": seed, "device": "cpu",
+               "metrics": metrics, "message": None, "compile_s": 0.0,
+               "overrides": overrides if overrides is not None else [f"model={model}", f"norm={norm}",
+                                                                     f"optimizer.lr={lr}", "output_dir=/x"]}
+    (run_dir / "run.json").write_text(json.dumps(summary))
+    (run_dir / "config.yaml").write_text(
+        f"model:\n  name: {model}\n  hidden_sizes: [100]\nnorm:\n  kind: {norm}\n  eps: 1.0e-05\n"
+        f"optimizer:\n  name: sgd\n  lr: {lr}\nbatch_size: 64\nepochs: 3\nseed: {seed}\noutput_dir: {root}\n"
+        "threads: null\n")
+    return run_dir

@@ -12,14 +12,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from bnexp.dashboard import DEFAULT_PORT, FINAL_METRICS, choose_port, write_sweep_experiment
 from bnexp.errors import BnexpError
+from conftest import TINY as SHARED_TINY
 
-TINY = ["epochs=1", "dataset.limit_train=128", "dataset.limit_val=64", "batch_size=32", "hist_every_steps=0",
-        "log_every_steps=2"]
+TINY = [*SHARED_TINY, "hist_every_steps=0"]
 
 
 def free_port() -> int:
@@ -49,12 +50,12 @@ def poll(fetch, ready, timeout: float = 120.0):
     raise AssertionError(f"not ready after {timeout} s: {result}")
 
 
-def test_tensorboard_serves_a_sweep_and_stops_on_ctrl_c(bnexp):
-    bnexp("sweep", "norm=none,custom", *TINY)
-    (sweep_dir,) = (bnexp.out / "sweeps").iterdir()
-    bnexp("train", *TINY, "model=lenet", "-q")  # not selected: must not appear
+def test_tensorboard_serves_a_sweep_and_stops_on_ctrl_c(cli):
+    cli("sweep", "norm=none,custom", *TINY)
+    (sweep_dir,) = (cli.out / "sweeps").iterdir()
+    cli("train", *TINY, "model=lenet", "-q")  # not selected: must not appear
     port = free_port()
-    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(bnexp.out)}
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(cli.out)}
     server = subprocess.Popen([sys.executable, "-m", "bnexp", "tensorboard", sweep_dir.name[:22], "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -64,6 +65,8 @@ def test_tensorboard_serves_a_sweep_and_stops_on_ctrl_c(bnexp):
         assert plugins["hparams"]["enabled"]
         tags = poll(lambda: get(f"{base}/data/plugin/scalars/tags"), lambda t: len(t) == 2)
         assert sorted(tags) == [f"{sweep_dir.name}/0-mlp-none", f"{sweep_dir.name}/1-mlp-custom"]
+        runs = get(f"{base}/data/runs")
+        assert "." not in runs and "sweep" in runs  # the HParams experiment is no stray run named "."
         for run_tags in tags.values():
             assert {"train/loss", "val/acc", "final/best_val_acc"} <= set(run_tags)
         # HParams: one table, one row per job, the swept key first, final metrics as metrics
@@ -125,10 +128,43 @@ def test_sweep_experiment_leads_with_the_swept_keys(tmp_path):
 
     params = {"model.name": "mlp", "norm.kind": "none", "norm.eps": 1e-5, "optimizer.lr": 0.1, "epochs": 3}
     write_sweep_experiment(tmp_path, params, ["optimizer.lr", "norm", "no.such.key"])
-    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    assert not list(tmp_path.glob("events.out.tfevents.*"))  # not a stray run named "."
+    (event_file,) = tmp_path.glob("sweep/events.out.tfevents.*")
     (content,) = [v.metadata.plugin_data.content for e in EventFileLoader(str(event_file)).Load()
                   for v in e.summary.value if v.tag == metadata.EXPERIMENT_TAG]
     experiment = metadata.parse_experiment_plugin_data(content)
     assert [(h.name, h.differs) for h in experiment.hparam_infos] == [
         ("optimizer.lr", True), ("norm.kind", True), ("model.name", False), ("epochs", False), ("status", False)]
     assert [m.name.tag for m in experiment.metric_infos] == list(FINAL_METRICS)
+
+
+def test_a_killed_dashboard_takes_tensorboard_with_it(bnexp, tmp_path):
+    """kill -9 of `bnexp tensorboard` cannot run its clean-up: the TensorBoard child must still die
+    (PR_SET_PDEATHSIG) and the next dashboard removes the orphaned temporary directory."""
+    import tempfile
+
+    from bnexp.dashboard import TEMP_PREFIX, private_dir
+    from conftest import fake_run
+
+    fake_run(bnexp.out, "20261120-100000-mlp-custom-aaaa")
+    port = free_port()
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(bnexp.out)}
+    server = subprocess.Popen([sys.executable, "-m", "bnexp", "tensorboard", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        poll(lambda: get(f"http://127.0.0.1:{port}/data/plugins_listing"), lambda p: "scalars" in p)
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "TensorBoard runs as a child process"
+        (leftover,) = Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}{server.pid}-*")
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") for pid in children):
+        assert time.monotonic() < deadline, "TensorBoard outlived its parent"
+        time.sleep(0.1)
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert leftover.is_dir()
+    with private_dir():
+        assert not leftover.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import urllib.request
 from pathlib import Path
@@ -71,6 +72,61 @@ def test_digits_image_size_is_configurable():
     assert native.image_size == (8, 8)
     assert torch.equal(native.train_x, native.train_x.round())  # untouched 0..16 integers
     assert load(name="digits", image_size=32).train_x.shape[-2:] == (32, 32)
+
+
+def test_digits_are_cached_after_first_use_and_read_back_identical(tmp_path, monkeypatch):
+    import bnexp.data
+
+    fresh = load(name="digits", root=str(tmp_path))
+    cache = tmp_path / "digits" / "digits-28px-v1.npz"
+    assert cache.is_file() and [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
+
+    def no_sklearn(size):
+        raise AssertionError("rebuilt although the cache is valid")
+
+    monkeypatch.setattr(bnexp.data, "_resized_digits", no_sklearn)
+    cached = load(name="digits", root=str(tmp_path))
+    assert torch.equal(fresh.train_x, cached.train_x) and torch.equal(fresh.val_y, cached.val_y)
+    assert cached.num_classes == 10 and cached.train_x.dtype == torch.float32
+    with pytest.raises(AssertionError, match="rebuilt"):  # another image size is another cache file
+        load(name="digits", root=str(tmp_path), image_size=16)
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _bit_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the image data: only the digest can tell
+    path.write_bytes(bytes(data))
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("damage", [_truncated, _bit_flip, _fifo, lambda p: p.write_bytes(b"not a zip"),
+                                    lambda p: p.unlink() or p.mkdir()],
+                         ids=["truncated", "bit-flip", "fifo", "garbage", "directory"])
+@pytest.mark.timeout(60)
+def test_a_damaged_digits_cache_is_ignored_and_rebuilt(tmp_path, damage):
+    reference = load(name="digits", root=str(tmp_path))
+    cache = tmp_path / "digits" / "digits-28px-v1.npz"
+    damage(cache)
+    again = load(name="digits", root=str(tmp_path))
+    assert torch.equal(reference.train_x, again.train_x) and torch.equal(reference.train_y, again.train_y)
+    if cache.is_file():  # rebuilt in place (a directory or FIFO in the way is left alone)
+        from bnexp.data import _read_digits_cache
+
+        assert _read_digits_cache(cache, 28) is not None
+
+
+def test_an_unwritable_cache_folder_is_no_error(tmp_path):
+    blocker = tmp_path / "root"
+    blocker.write_text("a file where the data folder should be")
+    assert load(name="digits", root=str(blocker)).train_x.shape == (1438, 1, 28, 28)
 
 
 def test_normalize_gives_zero_mean_unit_std_on_train():
@@ -183,6 +239,31 @@ def test_offline_download_names_the_files_and_folder(tmp_path):
     message = str(caught.value)
     assert message.startswith("could not download MNIST (offline?)") and "\n" not in message
     assert f"t10k-labels-idx1-ubyte.gz into {tmp_path / 'MNIST' / 'raw'}" in message
+
+
+@pytest.fixture
+def refused_download(monkeypatch):
+    """Every download fails at once, as offline (URLError, like a refused connection)."""
+    import urllib.error
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("connection refused")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, refused_download, name):
+    root = tmp_path / "new" / "data"
+    with pytest.raises(BnexpError, match="could not download"):
+        load(name=name, root=str(root), download=True)
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    (kept / "MNIST" / "raw").mkdir(parents=True)  # folders that were there before stay
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(BnexpError, match="could not download"):
+        load(name=name, root=str(kept), download=True)
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*")) == ["MNIST", "MNIST/raw", "notes.txt"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from bnexp.config import config_dir, load
 from bnexp.models import build_model
 from conftest import requires_mnist_t10k
 
-PRESETS = ["mlp_mnist", "convnet_mnist", "lenet_fashion", "simplenet_mnist", "bn_paper_mnist"]
+PRESETS = ["mlp_mnist", "convnet_mnist", "lenet_fashion", "simplenet_mnist", "bn_paper_mnist", "batch_size_study"]
 OFFLINE = "dataset=idx dataset.path=../shared/data/mnist-t10k"
 FEW_STEPS = ["max_steps=3", "dataset.limit_train=256", "dataset.limit_val=64", "epochs=1", "log_every_steps=1"]
 

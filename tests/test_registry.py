@@ -10,37 +10,17 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
+import bnexp.registry
 from bnexp.errors import BnexpError
-from bnexp.registry import filter_runs, load_runs, parse_since, sort_runs
+from bnexp.labels import update_labels
+from bnexp.registry import check_choices, filter_runs, load_runs, parse_since, sort_runs
 from bnexp.runs import resolve
+from conftest import fake_run
 
 NOW = datetime.now().astimezone().replace(microsecond=0)
-
-
-def fake_run(root: Path, run_id: str, *, status="completed", model="mlp", norm="custom", lr=0.1, age_h=1.0,
-             best=0.9, overrides=None, parent="runs") -> Path:
-    """A run directory as `bnexp train` leaves it, minus the heavy files."""
-    run_dir = root / parent / run_id
-    run_dir.mkdir(parents=True)
-    started = NOW - timedelta(hours=age_h)
-    metrics = {} if status == "failed" else {"train_loss": 0.3, "train_acc": best - 0.01, "val_loss": 0.4,
-                                             "val_acc": best - 0.02, "best_val_acc": best, "best_epoch": 2,
-                                             "epoch": 3, "step": 60, "examples_per_s": 1e4, "lr": lr}
-    summary = {"id": run_id, "status": status, "started": started.isoformat(), "ended": NOW.isoformat(),
-               "duration_s": 12.5, "model": model, "norm": norm, "dataset": "digits", "optimizer": "sgd", "lr": lr,
-               "batch_size": 64, "epochs": 3, "seed": 0, "device": "cpu", "metrics": metrics, "message": None,
-               "compile_s": 0.0,
-               "overrides": overrides if overrides is not None else [f"model={model}", f"norm={norm}",
-                                                                     f"optimizer.lr={lr}", "output_dir=/x"]}
-    (run_dir / "run.json").write_text(json.dumps(summary))
-    (run_dir / "config.yaml").write_text(
-        f"model:\n  name: {model}\n  hidden_sizes: [100]\nnorm:\n  kind: {norm}\n  eps: 1.0e-05\n"
-        f"optimizer:\n  name: sgd\n  lr: {lr}\nbatch_size: 64\nepochs: 3\nseed: 0\noutput_dir: {root}\nthreads: null\n")
-    return run_dir
 
 
 @pytest.fixture
@@ -66,7 +46,8 @@ def test_runs_json_lists_all_500_runs(tmp_path, bnexp):
     runs = json.loads(bnexp("runs", "--json").stdout)
     assert len(runs) == 500
     assert {r["id"] for r in runs} == {f"20261122-{i:06d}-mlp-custom-{i:04x}" for i in range(500)}
-    assert runs[0]["id"] == "20261122-000000-mlp-custom-0000"  # all started together: the stable order holds
+    order = [(r["started"], r["id"]) for r in runs]  # newest first; runs started together keep id order
+    assert all(a[0] > b[0] or (a[0] == b[0] and a[1] < b[1]) for a, b in zip(order, order[1:]))
     top = json.loads(bnexp("runs", "--json", "--sort", "best_val_acc", "--limit", "3").stdout)
     assert [r["metrics"]["best_val_acc"] for r in top] == [0.998, 0.996, 0.994]
 
@@ -88,6 +69,35 @@ def test_filters_sorting_and_sweep_membership(registry):
     assert sort_runs(records, "best_val_acc", reverse=True)[0].metrics["best_val_acc"] == 0.7
     with pytest.raises(BnexpError, match="valid keys"):
         sort_runs(records, "colour")
+
+
+def test_filters_by_name_experiment_dataset_and_tags(registry, monkeypatch):
+    run = registry / "runs/20261121-100000-mlp-none-bbbb"
+    record = json.loads((run / "run.json").read_text())
+    record.update(name="lr-high", experiment="mlp_mnist", dataset="idx", dataset_path="/data/t10k")
+    (run / "run.json").write_text(json.dumps(record))
+    update_labels(run, add=["keep", "paper"])
+    update_labels(registry / "runs/20261120-100000-mlp-custom-aaaa", add=["keep"])
+    reads = []
+    real = bnexp.registry.read_labels
+    monkeypatch.setattr(bnexp.registry, "read_labels", lambda path: reads.append(path) or real(path))
+    records = load_runs(registry)
+    assert sorted(p.name for p in reads) == ["20261120-100000-mlp-custom-aaaa", run.name]  # only where present
+
+    def ids(**filters):
+        return {r.id for r in filter_runs(records, **filters)}
+
+    assert ids(name="lr-*") == ids(name="lr-high") == ids(experiment=["mlp_mnist"]) == {run.name}
+    assert ids(dataset=["idx"]) == ids(dataset=["/data/t10k"]) == {run.name}
+    assert len(ids(dataset=["digits"])) == 5
+    assert ids(tags=["keep"]) == {run.name, "20261120-100000-mlp-custom-aaaa"}
+    assert ids(tags=["keep", "paper"]) == {run.name}  # every tag given
+    assert ids(tags=["nothing"]) == set()
+    check_choices("norm", ["none", "custom"], records)
+    check_choices("experiment", ["mlp_mnist"], records)
+    check_choices("model", ["retired-model"], records + [type(records[0])(id="x", model="retired-model")])
+    with pytest.raises(BnexpError, match="--norm batch: no norm of that name; valid values are builtin, custom, none"):
+        check_choices("norm", ["batch"], records)
 
 
 def test_parse_since_accepts_dates_times_and_ages():

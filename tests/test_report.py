@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.report import FIGURE_PIXELS, build_report, collect_run_dirs, default_out_dir, load_run
+from bnexp.report import BASE_HEIGHT_PX, FIGURE_WIDTH_PX, build_report, collect_run_dirs, default_out_dir, load_run
 from bnexp.errors import BnexpError
 from bnexp.vocab import fmt_number
 
@@ -53,12 +53,17 @@ def run_ids(sweep: Path) -> dict[str, str]:
     return ids
 
 
-def assert_png(path: Path, size: tuple[int, int]) -> None:
+ALWAYS = ("curves", "activations", "norm_params")  # the figures every report has
+
+
+def assert_png(path: Path) -> None:
+    """A real figure: full width, at least its base height (a legend below adds rows), not blank."""
     from PIL import Image
 
     assert path.is_file() and path.stat().st_size > 5_000, path
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == size
+        size = image.size
+        assert image.format == "PNG" and size[0] == FIGURE_WIDTH_PX and size[1] >= BASE_HEIGHT_PX[path.stem]
         image = image.convert("RGB")
         colours = image.getcolors(maxcolors=1_000_000)
         assert colours is not None and len(colours) > 20  # lines, bands and text, not a blank canvas
@@ -70,14 +75,16 @@ def test_report_of_a_sweep_directory(sweep):
     result = cli("report", str(sweep), cwd=sweep)
     assert result.returncode == 0, result.stderr
     out = sweep / "report"
-    for name, size in FIGURE_PIXELS.items():
-        assert_png(out / f"{name}.png", size)
+    for name in (*ALWAYS, "bn_gap", "gradients"):  # custom and builtin scored batch statistics; hist on
+        assert_png(out / f"{name}.png")
         assert str(out / f"{name}.png") in result.stdout
+    assert not (out / "batch_size.png").exists()  # one batch size
     assert str(out / "report.md") in result.stdout and "3 run(s)" in result.stdout
 
     text = (out / "report.md").read_text()
-    for name in FIGURE_PIXELS:
+    for name in (*ALWAYS, "bn_gap", "gradients"):
         assert f"![{name}]({name}.png)" in text
+    assert "Each configuration ran with one seed" in text and "(n=" not in text  # no seed statistics to give
     ids = run_ids(sweep)
     metrics_part = text.split("## Final metrics")[1].split("\n## ")[0]
     table = [line for line in metrics_part.splitlines() if line.startswith("| 20")]
@@ -106,8 +113,8 @@ def test_run_dirs_id_prefixes_and_out(sweep, tmp_path):
     text = (out / "report.md").read_text()
     assert text.startswith("# two runs") and ids["none"] in text and ids["builtin"] in text
     assert ids["custom"] not in text and "Custom vs builtin" not in text
-    for name, size in FIGURE_PIXELS.items():
-        assert_png(out / f"{name}.png", size)
+    for name in (*ALWAYS, "bn_gap"):
+        assert_png(out / f"{name}.png")
     # without --out: a single target's own directory (an id names its run's), several: <root>/reports/<time>
     assert default_out_dir([ids["none"][:-2]], sweep) == sweep / "runs" / ids["none"] / "report"
     assert default_out_dir([str(sweep)], sweep) == sweep / "report"
@@ -135,13 +142,16 @@ def test_runs_lacking_data_still_render(sweep, tmp_path):
     assert from_events.activations == [] and from_events.norm_params == {}
 
     written = build_report([none_run, events_only], tmp_path / "report")
-    for name, size in FIGURE_PIXELS.items():
-        assert_png(written[name], size)
+    # the TB events hold val/acc_batch_stats; the norm=none run has gradient records in its metrics.jsonl
+    assert set(written) == {*ALWAYS, "bn_gap", "gradients", "report"}
+    for name in (*ALWAYS, "bn_gap"):
+        assert_png(written[name])
     text = written["report"].read_text()
     assert ids["none"] in text and ids["builtin"] in text
 
     alone = build_report([none_run], tmp_path / "alone")
-    assert_png(alone["norm_params"], FIGURE_PIXELS["norm_params"])  # "no BN parameters" panels
+    assert_png(alone["norm_params"])  # "no BN parameters" panels
+    assert "bn_gap" not in alone  # norm=none: no train/eval gap
     assert "Custom vs builtin" not in alone["report"].read_text()
 
 
@@ -168,3 +178,174 @@ def test_command_module_stays_light():
             "print(sorted(m for m in ('matplotlib', 'torch', 'tensorboard') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# --- cells of seeds, labels and legends, batch size ------------------------------------------------------
+
+
+def clone_run(template: Path, dst: Path, settings: dict, final: dict[str, float]) -> Path:
+    """A copy of a real run that claims other settings (dotted config keys) and ends with ``final``
+    metrics: a fabricated but well-formed run directory, so tests need not train dozens of runs."""
+    import yaml
+
+    shutil.copytree(template, dst)
+    config = yaml.safe_load((dst / "config.yaml").read_text())
+    for key, value in settings.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (dst / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = [json.loads(line) for line in (dst / "metrics.jsonl").read_text().splitlines()]
+    last = max(r["epoch"] for r in lines if r["kind"] == "epoch")
+    for r in lines:
+        if r["kind"] == "epoch" and r["epoch"] == last:
+            r.update(final)
+    (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    record = json.loads((dst / "run.json").read_text())
+    record.update(id=dst.name, norm=config["norm"]["kind"], seed=config["seed"])
+    record["metrics"].update(final)
+    (dst / "run.json").write_text(json.dumps(record))
+    return dst
+
+
+@pytest.fixture
+def figures(monkeypatch) -> dict:
+    """The matplotlib figures build_report saves, by file stem, for inspection after the fact."""
+    import bnexp.report as report
+
+    kept, save = {}, report._save
+
+    def keep(fig, path):
+        kept[Path(path).stem] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return kept
+
+
+def test_runs_of_several_seeds_are_cells_with_mean_std_and_welch(sweep, tmp_path):
+    from bnexp.stats import summarize, welch
+
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    accs = {"custom": [0.90, 0.91, 0.92], "builtin": [0.95, 0.96, 0.94]}
+    dirs = [clone_run(template, tmp_path / "runs" / f"{norm}-{seed}", {"norm.kind": norm, "seed": seed},
+                      {"val_acc": acc, "val_acc_batch_stats": acc + 0.01, "val_acc_recalibrated": acc + 0.02 * seed})
+            for norm, values in accs.items() for seed, acc in enumerate(values)]
+    text = build_report(dirs, tmp_path / "report")["report"].read_text()
+    assert "6 run(s) in 2 cell(s)" in text
+    labels = text.split("## Labels")[1].split("\n## ")[0]
+    assert "| norm=custom (n=3) | `norm.kind=custom` | 0, 1, 2 |" in labels
+    seeds = text.split("## Seed statistics")[1].split("\n## ")[0]
+    assert "| norm=custom (n=3) | 0.9100 ± 0.0100 (3) |" in seeds
+    assert "| norm=builtin (n=3) | 0.9500 ± 0.0100 (3) |" in seeds
+    verdict = welch(summarize(accs["custom"]), summarize(accs["builtin"])).verdict()
+    assert "larger than seed noise" in verdict and f"| `norm.kind` |" in seeds and verdict in seeds
+    gap = text.split("## Train/eval gap and recalibration")[1].split("\n## ")[0]
+    assert ("| norm=custom (n=3) | 0.9100 ± 0.0100 (3) | 0.9200 ± 0.0100 (3) | 0.9300 ± 0.0300 (3) "
+            "| +0.0200 ± 0.0200 | 2 of 3 |") in gap
+
+
+def short_run(root: Path) -> Path:
+    """One epoch of 4 steps with histograms every 100: a single histogram point."""
+    from bnexp.config import load
+    from bnexp.train import train
+
+    overrides = [*TINY_SWEEP[:5], "dataset.limit_train=128", "batch_size=32", "epochs=1", "hist_every_steps=100",
+                 "checkpoint=false", f"output_dir={root}"]
+    return Path(train(load(overrides), overrides, progress=False).dir)
+
+
+def many_runs(template: Path, root: Path) -> list[Path]:
+    """36 runs that differ in four settings (norm, lr, batch size, momentum), one seed each."""
+    import itertools
+
+    combos = itertools.product(NORMS, (0.01, 0.1, 1.0), (16, 64), (0.0, 0.9))
+    return [clone_run(template, root / f"run{i:02d}", {"norm.kind": norm, "optimizer.lr": lr, "batch_size": batch,
+                                                        "optimizer.momentum": momentum}, {"val_acc": 0.5 + i / 100})
+            for i, (norm, lr, batch, momentum) in enumerate(combos)]
+
+
+def assert_clear_layout(fig) -> None:
+    """Every legend lies inside the figure and outside every axes; all each axes draws (tick labels,
+    titles, notes) inside the figure; no two axes titles overlap."""
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    box = fig.bbox.padded(1)
+
+    def inside(bb) -> bool:
+        return box.x0 <= bb.x0 and bb.x1 <= box.x1 and box.y0 <= bb.y0 and bb.y1 <= box.y1
+
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert legends
+    for legend in legends:
+        bb = legend.get_window_extent(renderer)
+        assert inside(bb), (bb, box)
+        assert not any(bb.overlaps(ax.bbox) for ax in fig.axes), "a legend covers an axes"
+    for ax in fig.axes:  # what each axes draws: ticks, labels, titles, notes
+        assert inside(ax.get_tightbbox(renderer)), ax.get_title()
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:]), "titles overlap"
+
+
+def legend_labels(fig) -> list[str]:
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+@pytest.mark.parametrize("case", ["two runs", pytest.param("36 runs", marks=pytest.mark.slow), "short run"])
+def test_legends_never_cover_data_and_nothing_warns(case, sweep, tmp_path, figures, capsys):
+    import warnings
+
+    ids = run_ids(sweep)
+    if case == "two runs":
+        dirs = [sweep / "runs" / ids["none"], sweep / "runs" / ids["builtin"]]
+    elif case == "36 runs":
+        dirs = many_runs(sweep / "runs" / ids["custom"], tmp_path / "many")
+    else:
+        dirs = [short_run(tmp_path / "short")]
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a matplotlib (or any) warning fails the test
+        written = build_report(dirs, tmp_path / "report")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    for name, fig in figures.items():
+        assert_clear_layout(fig)
+        assert_png(written[name])
+    text = written["report"].read_text()
+    if case == "two runs":  # labels name only what differs
+        assert legend_labels(figures["curves"]) == ["norm=none", "norm=builtin"]
+    elif case == "36 runs":
+        labels = legend_labels(figures["curves"])
+        assert len(labels) == 36 and len(set(labels)) == 36
+        assert "norm=custom batch_size=64 lr=0.1 momentum=0.9" in labels
+        assert "| norm=custom batch_size=64 lr=0.1 momentum=0.9 | `norm.kind=custom`, `batch_size=64`, " \
+               "`optimizer.lr=0.1`, `optimizer.momentum=0.9` |" in text  # the full mapping
+        styles = {(line.get_color(), line.get_linestyle()) for line in figures["curves"].legends[0].get_lines()}
+        assert len(styles) == 36  # every line tellable from every other
+    else:
+        assert legend_labels(figures["curves"]) == ["norm=custom"]
+        xlabel = figures["activations"].axes[0].get_xlabel()
+        assert "only 1 histogram point" in xlabel and "hist_every_steps=100" in xlabel
+
+
+def test_accuracy_against_batch_size(sweep, tmp_path, figures):
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    acc = {("none", 16): 0.80, ("none", 64): 0.78, ("custom", 16): 0.90, ("custom", 64): 0.93}
+    dirs = [clone_run(template, tmp_path / "runs" / f"{norm}-{batch}-{seed}",
+                      {"norm.kind": norm, "batch_size": batch, "seed": seed},
+                      {"val_acc": value + 0.01 * seed, "val_acc_batch_stats": value + 0.02})
+            for (norm, batch), value in acc.items() for seed in (0, 1)]
+    written = build_report(dirs, tmp_path / "report")
+    assert_png(written["batch_size"])
+    accuracy_panel, gap_panel = figures["batch_size"].axes
+    lines = {c.get_label(): c.lines[0] for c in accuracy_panel.containers}
+    assert sorted(lines) == ["norm=custom", "norm=none"]
+    for norm in ("none", "custom"):
+        assert list(lines[f"norm={norm}"].get_xdata()) == [16, 64]
+        means = [acc[(norm, 16)] + 0.005, acc[(norm, 64)] + 0.005]  # seeds 0 and 1 add 0 and 0.01
+        assert list(lines[f"norm={norm}"].get_ydata()) == pytest.approx(means)
+    gaps = [c.lines[0].get_ydata() for c in gap_panel.containers]
+    assert all(list(g) == pytest.approx([0.015, 0.015]) for g in gaps)
+    assert "![batch_size](batch_size.png)" in written["report"].read_text()

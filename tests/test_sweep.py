@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bnexp.dashboard import FINAL_METRICS
+from conftest import TINY as SHARED_TINY, one_line_error
 
-TINY = ["epochs=1", "dataset.limit_train=128", "dataset.limit_val=64", "batch_size=32", "hist_every_steps=0",
-        "log_every_steps=2"]
-
-
-def in_process(monkeypatch, capsys, out: Path, *args: str) -> tuple[int, str, str]:
-    """`bnexp ARGS` run by the CLI's own entry point in this process (no interpreter start-up):
-    (exit code, stdout, stderr). For commands that fail or plan without training."""
-    from bnexp import cli
-
-    monkeypatch.setenv("BNEXP_OUTPUT_DIR", str(out))
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("BNEXP_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bnexp", *args])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
+TINY = [*SHARED_TINY, "hist_every_steps=0"]
 
 
 def only_sweep(out: Path) -> tuple[Path, dict]:
@@ -40,12 +29,12 @@ def job_summaries(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/run.json"))}
 
 
-def hparams_summaries(directory: Path) -> dict[str, bytes]:
+def hparams_summaries(directory: Path, pattern: str = "events.out.tfevents.*") -> dict[str, bytes]:
     """HParams plugin content by tag in the event files of ``directory`` (not its sub-directories)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     found = {}
-    for event_file in directory.glob("events.out.tfevents.*"):
+    for event_file in directory.glob(pattern):
         for event in EventFileLoader(str(event_file)).Load():
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "hparams":
@@ -57,15 +46,16 @@ def experiment_columns(directory: Path) -> tuple[list[tuple[str, bool]], list[st
     """The HParams experiment written in ``directory``: (hparam, differs) columns and metric tags."""
     from tensorboard.plugins.hparams import metadata
 
-    experiment = metadata.parse_experiment_plugin_data(hparams_summaries(directory)[metadata.EXPERIMENT_TAG])
+    summaries = hparams_summaries(directory, "sweep/events.out.tfevents.*")  # TensorBoard's run "sweep"
+    experiment = metadata.parse_experiment_plugin_data(summaries[metadata.EXPERIMENT_TAG])
     return [(h.name, h.differs) for h in experiment.hparam_infos], [m.name.tag for m in experiment.metric_infos]
 
 
-def test_grid_sweep_runs_every_job_despite_divergence(bnexp):
-    result = bnexp("sweep", "norm=none,custom", "optimizer.lr=0.1,1e30", *TINY, check=False)
+def test_grid_sweep_runs_every_job_despite_divergence(cli):
+    result = cli("sweep", "norm=none,custom", "optimizer.lr=0.1,1e30", *TINY, check=False)
     assert result.returncode == 1, result.stdout + result.stderr  # some jobs diverged: the exit code says so
     assert "did not complete" in result.stdout and "diverged" in result.stdout
-    sweep_dir, sweep = only_sweep(bnexp.out)
+    sweep_dir, sweep = only_sweep(cli.out)
     assert sweep["status"] == "completed" and sweep["launcher"] == "basic" and len(sweep["jobs"]) == 4
     jobs = job_summaries(sweep_dir)
     assert len(jobs) == 4  # every job directory is an ordinary run directory
@@ -82,7 +72,7 @@ def test_grid_sweep_runs_every_job_despite_divergence(bnexp):
     assert not any(differs for _, differs in columns[2:]) and metrics == list(FINAL_METRICS)
     completed = next(sweep_dir / name for name, j in jobs.items() if j["status"] == "completed")
     assert set(hparams_summaries(completed)) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
-    listed = json.loads(bnexp("runs", "--sweep", sweep_dir.name[:20], "--json").stdout)
+    listed = json.loads(cli("runs", "--sweep", sweep_dir.name[:20], "--json").stdout)
     assert sorted(r["id"] for r in listed) == sorted(jobs)
 
 
@@ -104,16 +94,15 @@ def test_submitit_local_launcher(bnexp):
     assert [j["status"] for j in job_summaries(sweep_dir).values()] == ["completed", "completed"]
 
 
-def test_dry_run_expands_hydra_sweep_syntax(monkeypatch, capsys, tmp_path):
-    code, out, _ = in_process(monkeypatch, capsys, tmp_path / "out", "sweep", "norm=glob(*)",
-                              "batch_size=range(32,97,32)", "seed=choice(1,2)", "--dry-run")
-    assert code == 0 and "18 jobs" in out
+def test_dry_run_expands_hydra_sweep_syntax(cli):
+    out = cli("sweep", "norm=glob(*)", "batch_size=range(32,97,32)", "seed=choice(1,2)", "--dry-run").stdout
+    assert "18 jobs" in out
     assert "norm=builtin batch_size=32 seed=1" in out and "norm=none batch_size=96 seed=2" in out
-    code, out, _ = in_process(monkeypatch, capsys, tmp_path / "out", "sweep", "--trials", "4", "--dry-run",
-                              "optimizer.lr=tag(log,interval(0.001,1))", "epochs=interval(1,4)", "norm=none,custom")
-    assert code == 0 and "optimizer.lr: float in [0.001, 1.0], log" in out and "epochs: int in [1, 4]" in out
+    out = cli("sweep", "--trials", "4", "--dry-run", "optimizer.lr=tag(log,interval(0.001,1))",
+              "epochs=interval(1,4)", "norm=none,custom").stdout
+    assert "optimizer.lr: float in [0.001, 1.0], log" in out and "epochs: int in [1, 4]" in out
     assert "norm: one of none, custom" in out
-    assert not (tmp_path / "out").exists()
+    assert not cli.out.exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -125,23 +114,23 @@ def test_dry_run_expands_hydra_sweep_syntax(monkeypatch, capsys, tmp_path):
     (["norm=none,custom", "-j", "2", "--launcher", "basic"], "one job at a time"),
     (["norm=none", "hydra.launcher.no_such_setting=1"], "Hydra rejected the sweep settings"),
 ])
-def test_bad_input_fails_fast_and_leaves_nothing(monkeypatch, capsys, tmp_path, args, message):
-    code, _, err = in_process(monkeypatch, capsys, tmp_path / "out", "sweep", *args)
-    assert code == 2 and err.startswith("error: ") and message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "out" / "sweeps").exists() or not any((tmp_path / "out" / "sweeps").iterdir())
+def test_bad_input_fails_fast_and_leaves_nothing(cli, args, message):
+    result = cli("sweep", *args, check=False)
+    assert result.returncode == 2
+    one_line_error(result, message)
+    assert not (cli.out / "sweeps").exists() or not any((cli.out / "sweeps").iterdir())
 
 
-def test_optuna_search_persists_and_resumes(bnexp):
+def test_optuna_search_persists_and_resumes(cli):
     import optuna
 
     space = ["optimizer.lr=tag(log,interval(0.01,1))", "norm=none,custom"]
-    first = bnexp("sweep", "--trials", "3", *space, *TINY)
+    first = cli("sweep", "--trials", "3", *space, *TINY)
     assert "best trial" in first.stdout
-    sweep_dir, sweep = only_sweep(bnexp.out)
+    sweep_dir, sweep = only_sweep(cli.out)
     assert sweep["kind"] == "optuna" and sweep["optuna"]["trials"] == 3 and (sweep_dir / "study.db").is_file()
-    bnexp("sweep", "--study", sweep_dir.name, "--trials", "5")
-    _, sweep = only_sweep(bnexp.out)
+    cli("sweep", "--study", sweep_dir.name, "--trials", "5")
+    _, sweep = only_sweep(cli.out)
     assert sweep["optuna"]["trials"] == 5 and sweep["status"] == "completed"
     jobs = job_summaries(sweep_dir)
     assert len(jobs) == 5 and len(sweep["jobs"]) == 5
@@ -153,5 +142,71 @@ def test_optuna_search_persists_and_resumes(bnexp):
         assert f"optimizer.lr={trial.params['optimizer.lr']!r}" in run["overrides"]
         assert f"norm={trial.params['norm']}" in run["overrides"]
         assert 0.01 <= trial.params["optimizer.lr"] <= 1 and trial.value == run["metrics"]["best_val_acc"]
-    again = bnexp("sweep", "--study", sweep_dir.name, "norm=none", check=False)
+    # a continued search proposes new points, not the first ones again (the sampler sees a new stream)
+    learning_rates = [t.params["optimizer.lr"] for t in trials]
+    assert len(set(learning_rates)) == 5, learning_rates
+    again = cli("sweep", "--study", sweep_dir.name, "norm=none", check=False)
     assert again.returncode == 2 and "saved overrides" in again.stderr
+
+
+def test_resume_reruns_only_the_jobs_that_did_not_complete(cli, tmp_path):
+    from conftest import write_idx
+    import numpy as np
+
+    good, missing = tmp_path / "good", tmp_path / "later"
+    good.mkdir()
+    rng = np.random.default_rng(0)
+    write_idx(good / "images-idx3-ubyte", rng.integers(0, 256, (80, 28, 28)), compress=False)
+    write_idx(good / "labels-idx1-ubyte", rng.integers(0, 10, 80), compress=False)
+    first = cli("sweep", "dataset=idx", f"dataset.path={good},{missing}", *TINY, check=False)
+    assert first.returncode == 1  # the second job's data is not there yet
+    sweep_dir, sweep = only_sweep(cli.out)
+    done = {j["dir"]: j["status"] for j in sweep["jobs"]}
+    assert sorted(done.values()) == ["completed", "failed"]
+    completed_dir = Path(next(d for d, s in done.items() if s == "completed"))
+    before = (completed_dir / "run.json").read_text()
+    shutil.copytree(good, missing)  # fix the cause, then continue the sweep
+    again = cli("sweep", "--resume", sweep_dir.name[:20])
+    assert "2 jobs" in again.stdout
+    _, sweep = only_sweep(cli.out)
+    assert sweep["status"] == "completed" and [j["status"] for j in sweep["jobs"]] == ["completed", "completed"]
+    assert (completed_dir / "run.json").read_text() == before  # not run again
+    assert len(list(sweep_dir.glob("*/run.json"))) == 2  # re-run in its own directory, not a new one
+    refused = cli("sweep", "--resume", sweep_dir.name, "--trials", "3", check=False)
+    assert refused.returncode == 2 and "is a grid" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_stopping_a_parallel_sweep_stops_its_workers(tmp_path, how):
+    """kill -9 of the sweep: its workers notice within a second or two and end their jobs as
+    interrupted (the sweep shows as dead); Ctrl-C: the sweep itself records them as interrupted."""
+    out = tmp_path / "outputs"
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": "200"}
+    sweep = subprocess.Popen([sys.executable, "-m", "bnexp", "sweep", "norm=none,custom,builtin", "epochs=300",
+                              "dataset.limit_train=256", "hist_every_steps=0", "-j", "2"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def running_jobs():
+        found = [json.loads(p.read_text()) for p in out.glob("sweeps/*/*/run.json")]
+        owners = [(j.get("owner") or {}).get("pid") for j in found if j.get("status") == "running"]
+        return owners if len(owners) == 2 and all(owners) and any(out.glob("sweeps/*/*/checkpoint.pt")) else None
+
+    deadline = time.monotonic() + 180
+    while not (workers := running_jobs()):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.1)
+    sweep.send_signal(how)
+    sweep.wait(timeout=60)
+    stopped = time.monotonic()
+    for pid in workers:
+        while os.path.exists(f"/proc/{pid}"):
+            assert time.monotonic() - stopped < 15, f"worker {pid} still running"
+            time.sleep(0.1)
+    sweep_dir = next((out / "sweeps").iterdir())
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/run.json"))
+    assert statuses == ["interrupted", "interrupted"]  # the third job never started
+    shown = json.loads(subprocess.run([sys.executable, "-m", "bnexp", "show", sweep_dir.name, "--json"], env=env,
+                                      capture_output=True, text=True, timeout=120).stdout)
+    assert shown["status"] == ("dead" if how == signal.SIGKILL else "interrupted")
+    assert f"--resume {sweep_dir.name}" in (shown.get("message") or sweep.stdout.read() or "")

@@ -138,6 +138,15 @@ def test_help_does_not_import_torch():
     assert "HEAVY []" in out
 
 
+def test_composing_and_checking_a_config_does_not_import_torch():
+    code = ("import sys\n"
+            "from bnexp.config import load\n"
+            "cfg = load(['model=lenet', 'norm=builtin', 'optimizer=adam'])\n"
+            "print('TORCH', 'torch' in sys.modules, cfg.optimizer.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "TORCH False adam" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["model=foo"], "model=foo: no such option; valid model options: convnet, lenet, mlp"),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0: must be > 0"),

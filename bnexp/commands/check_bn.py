@@ -1,246 +1,64 @@
 """``bnexp check-bn``: does ``bnexp.norm`` still match ``torch.nn.BatchNorm*d``?
 
-Runs each custom class side by side with torch's on the same random inputs, in training and
-evaluation mode, and prints the largest differences. :func:`compare` is also what
-``tests/test_norm.py`` asserts on, so the command and the test suite apply the same standard.
-Torch is imported inside functions: ``bnexp --help`` must not pay for it.
+The command line around :mod:`bnexp.bncheck`, which runs the comparison (and which
+``tests/test_norm.py`` asserts on). Torch and the check are imported inside :func:`check_bn`:
+``bnexp --help`` must not pay for them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 import typer
 
+from bnexp.commands import add
 from bnexp.errors import BnexpError
-
-# Relative tolerance per dtype: rounding level (1e-5 is about 80 float32 ulps).
-TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
-
-# (class, input shape): every class and every input rank it accepts, at LeNet-ish sizes.
-SHAPES = [
-    ("BatchNorm1d", (64, 12)),
-    ("BatchNorm1d", (16, 12, 20)),
-    ("BatchNorm2d", (16, 6, 10, 10)),
-    ("BatchNorm3d", (8, 4, 5, 6, 7)),
-]
-
-# Constructor options beyond torch's defaults; each is run with every class.
-CONFIGS = {
-    "default": {},
-    "momentum=None": {"momentum": None},
-    "mom=0.3,eps=1e-3": {"momentum": 0.3, "eps": 1e-3},
-    "affine=False": {"affine": False},
-    "no running stats": {"track_running_stats": False},
-}
-
-
-@dataclass
-class Comparison:
-    """Largest relative differences, custom vs builtin, over all steps of one case.
-
-    Each difference is ``max|custom - builtin| / scale`` for one tensor, the worst tensor reported:
-    the output; the gradients w.r.t. input, weight and bias; the running mean and variance (``None``
-    without running statistics). ``scale`` is ``max|builtin|``, except where a value can cancel to
-    nearly zero by chance and so has no meaningful relative error: for the weight and bias gradients,
-    per-channel sums, it is at least the size such a sum has when its terms do not cancel
-    (``sqrt(sum(term^2))``, the largest over channels); for the running mean, at least the spread of
-    the data it averages (``sqrt(running_var)``).
-    """
-
-    layer: str
-    shape: tuple
-    config: str = "default"
-    mode: str = "train"
-    out_diff: float = 0.0
-    grad_diff: float = 0.0
-    stat_diff: Optional[float] = None
-    tolerance: float = 0.0
-    failures: list = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-
-def compare(
-    cls_name: str,
-    shape,
-    config: Optional[dict] = None,
-    *,
-    mode: str = "train",
-    dtype: str = "float32",
-    device: str = "cpu",
-    steps: int = 5,
-    seed: int = 0,
-    config_name: Optional[str] = None,
-) -> Comparison:
-    """Compare ``bnexp.norm.<cls_name>(**config)`` with ``torch.nn.<cls_name>(**config)``.
-
-    Both start from the same random affine parameters. ``mode="train"``: ``steps`` training
-    forwards and backwards on fresh random inputs (random scale and offset per step) and a common
-    random output gradient; outputs, all gradients and, at the end, the running statistics are
-    compared. ``mode="eval"``: ``steps`` uncompared training steps build the running statistics, then
-    ``steps`` evaluation forwards and backwards are compared.
-    """
-    import torch
-
-    import bnexp.norm
-
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    config = dict(config or {})
-    torch_dtype = getattr(torch, dtype)
-    name = config_name or (",".join(f"{k}={v}" for k, v in config.items()) or "default")
-    result = Comparison(cls_name, tuple(shape), name, mode, tolerance=TOLERANCE[dtype])
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*size, uniform=False):
-        t = (torch.rand if uniform else torch.randn)(size, generator=gen, dtype=torch.float64)
-        return t.to(device=device, dtype=torch_dtype)
-
-    custom = getattr(bnexp.norm, cls_name)(shape[1], **config, device=device, dtype=torch_dtype)
-    builtin = getattr(torch.nn, cls_name)(shape[1], **config, device=device, dtype=torch_dtype)
-    if custom.affine:
-        with torch.no_grad():
-            custom.weight.copy_(rand(shape[1]) * 0.5 + 1)
-            if custom.bias is not None:
-                custom.bias.copy_(rand(shape[1]) * 0.5)
-    builtin.load_state_dict(custom.state_dict(), strict=True)
-
-    def check(what: str, a, b, floor: float = 0.0) -> float:
-        """Relative difference of custom's ``a`` from builtin's ``b``; records a failure beyond tolerance."""
-        if a is None or b is None or a.shape != b.shape:
-            if not (a is None and b is None):
-                result.failures.append(f"{what}: missing or of another shape")
-            return 0.0 if a is None and b is None else float("inf")
-        if a.numel() == 0:
-            return 0.0
-        a, b = a.detach().double(), b.detach().double()
-        scale = max(b.abs().max().item(), floor)
-        rel = (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
-        if not rel <= result.tolerance:  # NaN fails too
-            result.failures.append(f"{what}: {rel:.1e}")
-        return rel
-
-    def sum_scales(x, grad) -> tuple[float, float]:
-        """Size of the weight/bias gradient sums without cancellation: max over channels of
-        ``sqrt(sum((dy * x_hat)^2))`` and ``sqrt(sum(dy^2))``."""
-        x, dy = x.double(), grad.double()
-        dims = (0, *range(2, x.dim()))
-        if builtin.training or builtin.running_mean is None:
-            mean, var = x.mean(dims, keepdim=True), x.var(dims, keepdim=True, unbiased=False)
-        else:
-            view = (1, -1, *([1] * (x.dim() - 2)))
-            mean, var = builtin.running_mean.double().view(view), builtin.running_var.double().view(view)
-        x_hat = (x - mean) / torch.sqrt(var + builtin.eps)
-        return ((dy * x_hat).square().sum(dims).sqrt().max().item(), dy.square().sum(dims).sqrt().max().item())
-
-    def step(compared: bool, index: int) -> None:
-        # Realistic activations: per-step scale in [0.1, 10], offset up to 3 standard deviations.
-        scale = 10 ** (rand(1, uniform=True).item() * 2 - 1)
-        offset = (rand(1, uniform=True).item() * 6 - 3) * scale
-        x, grad = rand(*shape) * scale + offset, rand(*shape)
-        floors = {"input": 0.0, "weight": 0.0, "bias": 0.0}
-        if x.numel():
-            floors["weight"], floors["bias"] = sum_scales(x, grad)
-        outs, grads = [], []
-        for layer in (custom, builtin):
-            xi = x.clone().requires_grad_()
-            y = layer(xi)
-            y.backward(grad)
-            outs.append(y)
-            grads.append({"input": xi.grad, **{k: None if p is None else p.grad
-                                              for k, p in (("weight", layer.weight), ("bias", layer.bias))}})
-            layer.zero_grad(set_to_none=True)
-        if compared:
-            result.out_diff = max(result.out_diff, check(f"output (step {index})", *outs))
-            for what, floor in floors.items():
-                rel = check(f"grad {what} (step {index})", grads[0][what], grads[1][what], floor)
-                result.grad_diff = max(result.grad_diff, rel)
-
-    custom.train(), builtin.train()
-    for i in range(steps):
-        step(compared=mode == "train", index=i)
-    if mode == "eval":
-        custom.eval(), builtin.eval()
-        for i in range(steps):
-            step(compared=True, index=i)
-    if builtin.track_running_stats:
-        spread = builtin.running_var.double().sqrt().max().item()  # a mean is as exact as the data it averages
-        result.stat_diff = max(check("running_mean", custom.running_mean, builtin.running_mean, spread),
-                               check("running_var", custom.running_var, builtin.running_var))
-        if not torch.equal(custom.num_batches_tracked, builtin.num_batches_tracked):
-            result.failures.append(f"num_batches_tracked: {custom.num_batches_tracked.item()} "
-                                   f"!= {builtin.num_batches_tracked.item()}")
-    return result
-
-
-def run_all(dtype: str = "float32", device: str = "cpu", steps: int = 5, seed: int = 0) -> list[Comparison]:
-    """:func:`compare` for every class/input rank, constructor config and mode."""
-    results = []
-    for i, (cls_name, shape) in enumerate(SHAPES):
-        for j, (config_name, config) in enumerate(CONFIGS.items()):
-            for mode in ("train", "eval"):
-                results.append(compare(cls_name, shape, config, mode=mode, dtype=dtype, device=device, steps=steps,
-                                       seed=seed * 1000 + i * 100 + j * 10 + (mode == "eval"),
-                                       config_name=config_name))
-    return results
 
 
 def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1e}"
 
 
+def check_bn(
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Steps per case (training steps, then eval steps)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for inputs and parameters."),
+) -> None:
+    """Compare bnexp's custom BatchNorm with torch.nn.BatchNorm on random inputs: every class, config and
+    mode. Prints the largest relative differences; exits 1 if any exceeds the tolerance of the dtype
+    (printed with the result)."""
+    import torch
+    from rich.console import Console
+
+    from bnexp.bncheck import TOLERANCE, run_all
+    from bnexp.terminal import Column, FittedTable
+
+    if dtype not in TOLERANCE:
+        raise BnexpError(f"--dtype {dtype}: valid values are {', '.join(TOLERANCE)}")
+    if device not in ("cpu", "cuda"):
+        raise BnexpError(f"--device {device}: valid values are cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BnexpError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+    results = run_all(dtype=dtype, device=device, steps=steps, seed=seed)
+    columns = [Column("layer"), Column("input"), Column("config", wrap=True), Column("mode"),
+               *[Column(name, "right") for name in ("output", "grads", "run. stats")], Column("")]
+    rows = [[r.layer, "x".join(map(str, r.shape)), r.config, r.mode, _fmt(r.out_diff), _fmt(r.grad_diff),
+             _fmt(r.stat_diff), ("pass", "green") if r.passed else ("FAIL", "bold red")] for r in results]
+    console = Console()
+    console.print(FittedTable(columns, rows, title=f"bnexp.norm vs torch.nn, max relative difference ({dtype}, "
+                                                   f"{device}, {steps} steps, seed {seed})"))
+    tol = TOLERANCE[dtype]
+    for r in results:
+        for note in r.failures:
+            console.print(f"[red]FAIL[/red] {r.layer} {r.config} {r.mode}: {note}", highlight=False)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(results)} cases differ from torch by more than "
+                      f"{tol:g} (relative)[/bold red]")
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(results)} cases match torch within {tol:g} (relative)[/green]")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "check-bn",
-        help="Compare bnexp's custom BatchNorm with torch.nn.BatchNorm on random inputs: every class, config "
-        "and mode. Prints the largest relative differences; exits 1 if any exceeds the tolerance "
-        f"({TOLERANCE['float32']:g} in float32, {TOLERANCE['float64']:g} in float64).",
-    )
-    def check_bn(
-        dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
-        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-        steps: int = typer.Option(5, "--steps", min=1, help="Steps per case (training steps, then eval steps)."),
-        seed: int = typer.Option(0, "--seed", help="Seed for inputs and parameters."),
-    ) -> None:
-        if dtype not in TOLERANCE:
-            raise BnexpError(f"--dtype {dtype}: valid values are {', '.join(TOLERANCE)}")
-        if device not in ("cpu", "cuda"):
-            raise BnexpError(f"--device {device}: valid values are cpu, cuda")
-
-        import torch
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BnexpError("--device cuda: no CUDA device is available to torch here; use --device cpu")
-        results = run_all(dtype=dtype, device=device, steps=steps, seed=seed)
-        table = Table(
-            title=f"bnexp.norm vs torch.nn, max relative difference ({dtype}, {device}, {steps} steps, seed {seed})",
-            title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
-        )
-        for name in ("layer", "input", "config", "mode"):
-            table.add_column(name, no_wrap=name != "input", overflow="fold")
-        for name in ("output", "grads", "run. stats"):
-            table.add_column(name, justify="right", no_wrap=True)
-        table.add_column("", no_wrap=True)
-        for r in results:
-            status = "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]"
-            table.add_row(r.layer, "x".join(map(str, r.shape)), r.config, r.mode,
-                          _fmt(r.out_diff), _fmt(r.grad_diff), _fmt(r.stat_diff), status)
-        console = Console()
-        console.print(table)
-        tol = TOLERANCE[dtype]
-        for r in results:
-            for note in r.failures:
-                console.print(f"[red]FAIL[/red] {r.layer} {r.config} {r.mode}: {note}", highlight=False)
-        failed = [r for r in results if not r.passed]
-        if failed:
-            console.print(f"[bold red]{len(failed)} of {len(results)} cases differ from torch by more than "
-                          f"{tol:g} (relative)[/bold red]")
-            raise typer.Exit(1)
-        console.print(f"[green]all {len(results)} cases match torch within {tol:g} (relative)[/green]")
+    add(app, "check-bn", check_bn)

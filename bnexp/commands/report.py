@@ -29,8 +29,10 @@ def report(
     title: Optional[str] = typer.Option(None, "--title", help="Heading of report.md."),
 ) -> None:
     """Draw what batch norm did in a set of runs: accuracy/loss curves coloured by norm, activation
-    percentile bands with vs without BN (Ioffe & Szegedy Fig. 1b,c), final gamma/beta per layer, and a
-    Markdown page with a table of final metrics."""
+    percentile bands with vs without BN (Ioffe & Szegedy Fig. 1b,c), final gamma/beta per layer, the
+    train/eval gap and recalibration effect, accuracy vs batch size when it varies, and a Markdown page
+    with the tables. Runs that differ only by seed are aggregated: mean ± std bands and values, and
+    Welch's t-test says whether a difference between settings exceeds seed noise."""
     from rich.console import Console
 
     from bnexp.report import build_report, check_out_dir, collect_run_dirs, default_out_dir
@@ -44,7 +46,7 @@ def report(
     for problem in skipped:
         Console(stderr=True).print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     typer.echo(f"report of {len(run_dirs) - len(skipped)} run(s) written to {out}/")
-    for name in ("report", "curves", "activations", "norm_params"):
+    for name in ("report", *(n for n in written if n != "report")):
         typer.echo(f"  {written[name]}")
 
 

@@ -14,6 +14,7 @@ EPILOG = "\n\n".join([
     "  bnexp sweep norm=none,custom,builtin optimizer.lr=0.1,1.0 epochs=3",
     "  bnexp sweep 'norm=glob(*)' 'batch_size=range(32,129,32)' -j 2",
     "  bnexp sweep model=lenet,convnet hydra/launcher=submitit_slurm hydra.launcher.partition=gpu",
+    "  bnexp sweep norm.sync=true,false nproc=4 --launcher submitit_slurm hydra.launcher.gpus_per_node=4 --dry-run",
     "[bold]Search[/bold] (Optuna, TPE by default; the study persists in the sweep directory):",
     "  bnexp sweep --trials 20 'optimizer.lr=tag(log,interval(0.01,2))' norm=none,custom 'batch_size=range(16,129,16)'",
     "  bnexp sweep --study 20261122-1815 --trials 30   (continue that search up to 30 trials)",
@@ -41,6 +42,14 @@ def _dry_run(p) -> None:
                       f"fixed: {' '.join(p.fixed) or '-'}; space:", highlight=False)
         for key, distribution in p.space.items():
             console.print(f"  {key}: {describe(distribution)}", highlight=False)
+    if p.launcher == "submitit_slurm":
+        from bnexp.sweep import slurm_script
+
+        script, notes = slurm_script(p)
+        console.print("\nsbatch script submitit would submit (SWEEP_ID stands for the sweep's id):\n", highlight=False)
+        console.print(script, highlight=False, markup=False, soft_wrap=True)
+        for note in notes:
+            console.print(f"note: {note}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
 
 def sweep(

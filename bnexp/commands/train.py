@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from bnexp.callbacks import Callback
 from bnexp.commands import add
 from bnexp.errors import BnexpError
 
@@ -23,8 +24,9 @@ def groups_epilog() -> str:
     if presets:
         lines += ["", "[bold]Experiment presets[/bold] (experiment=NAME, with any norm=none|custom|builtin):", ""]
         lines += [f"  [cyan]{name}[/cyan]: {summary}" for name, summary in presets]
-    lines += ["", "Trainer keys: epochs, max_steps, batch_size, eval_batch_size, seed, threads, log_every_steps, "
-              "hist_every_steps, log_channels, checkpoint, output_dir, name, resume.",
+    lines += ["", "Trainer keys: epochs, max_steps, batch_size, eval_batch_size, seed, threads, nproc, "
+              "recalibrate_batches, log_every_steps, hist_every_steps, log_channels, checkpoint, output_dir, name, "
+              "resume.",
               "", "Examples: bnexp train model=lenet norm=custom optimizer.lr=0.5 epochs=3",
               "          bnexp train dataset=idx dataset.path=../shared/data/mnist-t10k model=convnet",
               "          bnexp train resume=20261122-181503-lenet-custom-3fa2",
@@ -45,36 +47,77 @@ def experiment_presets(root) -> list[tuple[str, str]]:
     return presets
 
 
-def print_summary(record) -> None:
-    """The final table: what was trained, how it ended, where it lives."""
-    from rich.console import Console
-    from rich.table import Table
+COLLAPSE_RATIO = 3.0  # an epoch this many times slower than the best one means the CPU was taken
 
+
+def print_summary(record) -> None:
+    """The final table: what was trained, how it ended, how fast, where it lives; and a hint when
+    throughput collapsed during the run."""
+    from rich.console import Console
+
+    from bnexp.terminal import key_values
     from bnexp.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds
 
     m = record.metrics
-    table = Table(title=f"run {record.id}", show_header=False, title_justify="left")
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    style = STATUS_STYLE.get(record.status, "red")
-    rows = [
-        ("status", f"[{style}]{record.status}[/{style}]"),
-        ("model / norm / data", f"{record.model} / {record.norm} / {record.dataset}"),
-        ("epochs / steps", f"{m.get('epoch', 0)} / {m.get('step', 0)}"),
-    ]
+    rows = [("status", (record.status, STATUS_STYLE.get(record.status, "red"))),
+            ("model / norm / data", f"{record.model} / {record.norm} / {record.dataset}"),
+            ("name", record.name), ("experiment", record.experiment),
+            ("epochs / steps", f"{m.get('epoch', 0)} / {m.get('step', 0)}")]
     if "train_loss" in m:
         rows.append(("train loss / acc", f"{fmt_number(m['train_loss'])} / {fmt_number(m['train_acc'])}"))
     if "val_loss" in m:
         rows += [("val loss / acc", f"{fmt_number(m['val_loss'])} / {fmt_number(m['val_acc'])}"),
                  ("best val acc", f"{fmt_number(m['best_val_acc'])} (epoch {m['best_epoch']})"),
-                 ("throughput", f"{fmt_rate(m['examples_per_s'])} examples/s (last epoch)")]
+                 ("throughput", f"{fmt_rate(m['examples_per_s'])} examples/s last epoch"
+                                + (f", {fmt_rate(m['mean_examples_per_s'])} mean over the run"
+                                   if "mean_examples_per_s" in m else ""))]
+    if record.nproc > 1:
+        rows.append(("processes", f"{record.nproc} ({record.repro.get('backend', '?')})"
+                                  + (f"\n{record.repro['norm_sync']}" if record.repro.get("norm_sync") else "")))
     if record.compile_s:
         rows.append(("BN compile", f"{record.compile_s:.1f} s (one-off)"))
     rows += [("time", fmt_seconds(record.duration_s)), ("run dir", str(record.dir)),
-             ("dashboard", f"bnexp tensorboard {record.id}")]
-    for key, value in rows:
-        table.add_row(key, value)
-    Console().print(table)
+             ("next", f"bnexp show {record.id} --curves\nbnexp tensorboard {record.id}")]
+    console = Console(highlight=False)
+    console.print(key_values(rows, title=f"run {record.id}"))
+    hint = throughput_hint(record)
+    if hint:
+        console.print(hint, style="yellow", markup=False)
+
+
+def throughput_hint(record) -> Optional[str]:
+    """One line when some epoch (the first aside: it warms up) ran at under a third of the best
+    epoch's throughput: other processes were competing for the CPU cores."""
+    from bnexp.history import read_history
+    from bnexp.runs import UnreadableFile
+    from bnexp.vocab import fmt_rate
+
+    try:
+        epochs = read_history(record.dir, ["epoch"])["epoch"] if record.dir else []
+    except UnreadableFile:
+        return None
+    rates = [(e["examples_per_s"], e.get("epoch")) for e in epochs if isinstance(e.get("examples_per_s"), (int, float))]
+    if len(rates) < 2:
+        return None
+    best, (slowest, epoch) = max(r for r, _ in rates), min(rates[1:])
+    if slowest * COLLAPSE_RATIO >= best:
+        return None
+    advice = ("another process is competing for the CPU cores" if record.repro.get("threads") == 1 else
+              "other processes were probably competing for the CPU cores; on a shared machine threads=1 "
+              "(one torch thread) is often faster and steadier")
+    return (f"hint: throughput fell to {fmt_rate(slowest)} examples/s in epoch {epoch}, from {fmt_rate(best)} at "
+            f"best: {advice}")
+
+
+class ResumeNotice(Callback):
+    """Says where a continued run restarts, before its first step (stderr, beside the progress)."""
+
+    def on_start(self, loop):
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(
+            f"resuming {loop.run.path.name} at epoch {loop.progress.epoch + 1}, step {loop.progress.step}",
+            markup=False)
 
 
 def resume_config(overrides: list[str], cfg):
@@ -134,8 +177,10 @@ def train(
     from bnexp.train import train as run_training
 
     with sigterm_as_interrupt():
-        record = run_training(cfg, overrides, resume=resume_dir, progress=not quiet)
-    print_summary(record)
+        record = run_training(cfg, overrides, resume=resume_dir, progress=not quiet,
+                              callbacks=[ResumeNotice()] if resume_dir else [])
+    if record is not None:  # None: a rank other than 0 of a run started by hand with torchrun
+        print_summary(record)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,108 @@
+"""``bnexp recalibrate RUN [--batches N]``: re-estimate a trained run's BN running statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bnexp.commands import add
+from bnexp.errors import BnexpError
+
+RECALIBRATED_FILE = "checkpoint.recalibrated.pt"
+
+EPILOG = ("The run's checkpoint.pt (its last finished epoch) is loaded, the running mean and variance of every "
+          "BN layer are recomputed as the plain average over N training batches of the run's batch size, drawn "
+          "with the same seeded draw the trainer's val_acc_recalibrated uses after that epoch (no gradients, "
+          "weights unchanged), and the result is saved as checkpoint.recalibrated.pt next to it (replaced if it "
+          "exists; checkpoint.pt is never touched). The run is locked meanwhile: a run being trained is refused.\n\n"
+          "Examples: bnexp recalibrate 20261122-181503-lenet-custom-3fa2\n\n"
+          "          bnexp recalibrate outputs/runs/20261122-181503-lenet-custom-3fa2 --batches 200")
+
+
+def recalibrate(
+    run: str = typer.Argument(..., help="Run directory, id, id prefix or name.", show_default=False),
+    batches: Optional[int] = typer.Option(
+        None, "--batches", "-n", min=1, show_default=False,
+        help="Training batches to average over (default: the run's recalibrate_batches, else the config default)."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", help="Where run ids are looked up (default: $BNEXP_OUTPUT_DIR or ./outputs)."),
+) -> None:
+    """Recompute the BN running statistics of a trained run ("precise BN") and report validation
+    accuracy before and after; the result is saved as a new checkpoint beside the original."""
+    from bnexp.registry import default_root
+    from bnexp.runs import Run, resolve
+
+    kind, run_dir = resolve(run, Path(output_dir) if output_dir is not None else default_root())
+    if kind != "run":
+        raise BnexpError(f"{run} names a sweep ({run_dir}); recalibrate one of its runs")
+    opened = Run.open(run_dir)  # a run being trained (or recalibrated) is refused here
+    try:
+        rows, saved = _recalibrate_run(run_dir, batches)
+    finally:
+        opened.close()
+    _print_table(run_dir.name, rows)
+    typer.echo(f"saved {saved} ({run_dir / 'checkpoint.pt'} unchanged)")
+
+
+def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[str, float, float]], Path]:
+    import torch
+    from omegaconf import OmegaConf
+
+    from bnexp.checkpoint import load_checkpoint, restore, save_checkpoint
+    from bnexp.config import dataset_settings, load, load_saved
+    from bnexp.data import load_dataset
+    from bnexp.diagnostics import recalibrate, recalibration_batches
+    from bnexp.models import build_model
+    from bnexp.runs import CHECKPOINT_FILE
+    from bnexp.train import build_optimizer, build_scheduler, evaluate, resolve_device
+
+    cfg, _ = load_saved(run_dir)
+    if cfg.norm.kind == "none":
+        raise BnexpError(f"run {run_dir.name} was trained with norm=none: it has no running statistics to recalibrate")
+    batches = batches or cfg.recalibrate_batches or load([]).recalibrate_batches
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device.type)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, device)
+    data = load_dataset(dataset_settings(cfg), device)
+    model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    scheduler = build_scheduler(cfg.optimizer, optimizer, 1)  # its saved state (T_max included) replaces this
+    progress = restore(checkpoint, model, optimizer, scheduler)
+
+    def score(batch_stats: bool = False) -> tuple[float, float]:
+        return evaluate(model, data, data.val_x, data.val_y, cfg.eval_batch_size, batch_stats=batch_stats)
+
+    rows = [("running statistics (as trained)", *score())]
+    if len(data.val_x) >= 2:
+        rows.append(("batch statistics (each eval batch)", *score(batch_stats=True)))
+    used = recalibrate(model, recalibration_batches(data, cfg.batch_size, cfg.seed, progress.epoch, batches))
+    loss, acc = score()
+    rows.append((f"recalibrated ({used} batch{'es' if used != 1 else ''} of {cfg.batch_size})", loss, acc))
+    progress.metrics.update(val_loss_recalibrated=loss, val_acc_recalibrated=acc, recalibrated_batches=used)
+    saved = run_dir / RECALIBRATED_FILE
+    save_checkpoint(saved, model, optimizer, scheduler, progress, OmegaConf.to_container(cfg, resolve=True))
+    return rows, saved
+
+
+def _print_table(run_id: str, rows: list[tuple[str, float, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bnexp.vocab import fmt_number
+
+    table = Table(title=f"run {run_id}: validation by BN statistics", title_justify="left")
+    table.add_column("statistics", overflow="fold")
+    for name in ("val loss", "val acc", "Δ acc"):
+        table.add_column(name, justify="right", no_wrap=True)
+    base = rows[0][2]
+    for name, loss, acc in rows:
+        delta = "" if name == rows[0][0] else f"{acc - base:+.4f}"
+        table.add_row(name, fmt_number(loss), f"{acc:.4f}", delta)
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    add(app, "recalibrate", recalibrate, epilog=EPILOG)
