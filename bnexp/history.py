@@ -8,34 +8,21 @@ error naming the file and line. Torch-free.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
-from bnexp.runs import METRICS_FILE, UnreadableFile, read_text
+from bnexp.runs import read_metrics
 
 KINDS = ("train", "epoch", "activation", "grad")  # what metrics.jsonl records, as its "kind" field
-MAX_HISTORY_BYTES = 1 << 34  # a log this large is not a run's
 
 
 def read_history(run_dir: Path, kinds: Iterable[str] = ("train", "epoch")) -> dict[str, list[dict]]:
     """``{kind: [record, ...]}`` for each wanted kind, in file order; empty lists when the run has
     logged nothing yet (no metrics.jsonl)."""
-    wanted = {kind: [] for kind in kinds}
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return wanted
-    lines = read_text(path, limit=MAX_HISTORY_BYTES).splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            entry = json.loads(line)
-            kind = entry["kind"]
-        except (ValueError, KeyError, TypeError):
-            if number == len(lines):
-                break
-            raise UnreadableFile(f"{path}: line {number} is not a metrics record") from None
-        if kind in wanted:
-            wanted[kind].append(entry)
+    wanted: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for _, entry in read_metrics(run_dir):
+        if entry["kind"] in wanted:
+            wanted[entry["kind"]].append(entry)
     return wanted
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from bnexp.errors import BnexpError
 from bnexp.labels import LABELS_FILE, read_labels
-from bnexp.runs import (CONFIG_FILE, SWEEP_FILE, RunRecord, UnreadableFile, iter_run_entries, liveness, parse_time,
+from bnexp.runs import (CONFIG_FILE, SWEEP_FILE, RecordCache, RunRecord, UnreadableFile, iter_run_entries, liveness, parse_time,
                         read_json_object, read_record, read_yaml_mapping)
 from bnexp.vocab import METRICS, STATUSES, DERIVED_STATUSES, higher_is_better, is_plumbing
 
@@ -54,12 +54,12 @@ def with_liveness(record: RunRecord, directory: Path) -> RunRecord:
     return record
 
 
-def load_record(path: Path) -> RunRecord:
+def load_record(path: Path | str, cache: Optional[RecordCache] = None) -> RunRecord:
     """One run's record for display: live status, or ``unreadable`` naming the file and why."""
     try:
-        record = with_liveness(read_record(path), path)
+        record = with_liveness(read_record(path, cache), path)
     except UnreadableFile as exc:
-        record = RunRecord(id=path.name, status="unreadable", message=str(exc))
+        record = RunRecord(id=os.path.basename(path), status="unreadable", message=str(exc))
     record.dir = str(path)
     return record
 
@@ -88,11 +88,12 @@ def load_runs(root: Path) -> list[RunRecord]:
     """Every run under ``root`` with ``dir``, ``sweep`` (the id of the sweep it belongs to), tags and
     note. One walk of the tree says which runs have a labels file: no extra look-up per run."""
     records = []
+    cache = RecordCache(root)
     for entry in iter_run_entries(root):
-        path = Path(entry.path)
-        record = with_labels(load_record(path), path, LABELS_FILE in entry.files)
+        record = with_labels(load_record(entry.path, cache), entry.path, LABELS_FILE in entry.files)
         record.sweep = entry.sweep
         records.append(record)
+    cache.save()
     return records
 
 

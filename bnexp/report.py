@@ -29,7 +29,6 @@ Only this module imports matplotlib; it is imported lazily by the command.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
@@ -40,8 +39,9 @@ from typing import Any, Iterable, Optional
 
 from bnexp.errors import BnexpError
 from bnexp.registry import default_root
-from bnexp.runs import (CONFIG_FILE, NORM_PARAMS_FILE, OVERRIDES_FILE, UnreadableFile, expand, read_json_object,
-                        read_record, read_text, read_yaml_mapping, resolve_all, write_atomic)
+from bnexp.runs import (CONFIG_FILE, METRICS_FILE, NORM_PARAMS_FILE, OVERRIDES_FILE, UnreadableFile, expand,
+                        read_json_object, read_metrics, read_record, read_text, read_yaml_mapping, resolve_all,
+                        write_atomic)
 from bnexp.stats import SEED_KEY, Summary, differing_settings, seed_cells, summarize, welch
 from bnexp.vocab import fmt_number, is_plumbing
 
@@ -172,19 +172,10 @@ def load_run(path: Path) -> RunData:
     except (UnreadableFile, ValueError, TypeError):
         pass
     run = RunData(path=path, summary=summary, config=config, overrides=[str(o) for o in overrides])
-    metrics_file = path / "metrics.jsonl"
-    if metrics_file.is_file():
-        for line in read_text(metrics_file, limit=1 << 40).splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written while we read
-            if not isinstance(record, dict):
-                continue
-            bucket = {"train": run.train, "epoch": run.epochs, "activation": run.activations,
-                      "grad": run.grads}.get(record.get("kind"))
-            if bucket is not None:
-                bucket.append(record)
+    if (path / METRICS_FILE).exists():
+        buckets = {"train": run.train, "epoch": run.epochs, "activation": run.activations, "grad": run.grads}
+        for _, record in read_metrics(path):  # a damaged log: UnreadableFile, the run is skipped with why
+            buckets.get(record["kind"], []).append(record)
     else:
         run.train, run.epochs = scalars_from_events(path)
     if (path / NORM_PARAMS_FILE).exists():

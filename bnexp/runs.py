@@ -58,6 +58,9 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 NORM_PARAMS_FILE = "norm_params.json"
 MAX_RECORD_BYTES = 4 << 20  # a run.json or config.yaml larger than this is not ours
+INDEX_FILE, INDEX_VERSION = ".index.json", 1  # the registry's cache of run.json records (RecordCache)
+MAX_INDEX_BYTES = 1 << 30
+MAX_METRICS_BYTES = 1 << 34  # a metrics log this large is not a run's
 MAX_NAME = 64  # longest name= label: a run id must stay well inside a file name's 255 bytes
 HEARTBEAT_S = 30.0  # how often a writer refreshes run.json's heartbeat while training
 STALE_AFTER_S = 600.0  # a run on another host with an older heartbeat is considered dead
@@ -133,9 +136,31 @@ def read_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
         raise UnreadableFile(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def read_json_object(path: Path) -> dict:
+def read_metrics(run_dir: Path | str) -> list[tuple[str, dict]]:
+    """``(line, record)`` for each record of a run's ``metrics.jsonl`` (none when there is no file
+    yet). A torn last line (the run is being written, or was killed mid-line) is left out; a
+    damaged line before it is an :class:`UnreadableFile` naming the file and line."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    lines = read_text(path, limit=MAX_METRICS_BYTES).splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+            if number == len(lines):
+                break
+            raise UnreadableFile(f"{path}: line {number} is not a metrics record")
+        records.append((line, entry))
+    return records
+
+
+def read_json_object(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
     """A JSON object from a small file; any other content is an :class:`UnreadableFile`."""
-    text = read_text(path)
+    text = read_text(path, limit)
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -208,27 +233,27 @@ class RunRecord:
         """Type-checked: a wrong type anywhere is an :class:`UnreadableFile` naming the field."""
         if not isinstance(data, dict):
             raise UnreadableFile(f"{source}: expected a JSON object")
-        checks = _field_checks()
+        types = _field_types()
         known, extra = {}, {}
         for key, value in data.items():
-            if key in checks:
-                accepts, expected = checks[key]
-                if not accepts(value):
-                    raise UnreadableFile(f"{source}: field {key!r} is {_describe(value)}, expected {expected}")
+            if key in types:
+                if type(value) not in types[key][0]:  # exact types: a bool is no number here
+                    raise UnreadableFile(f"{source}: field {key!r} is {_describe(value)}, expected {types[key][1]}")
                 known[key] = value
             else:
                 extra[key] = value
-        if not isinstance(known.get("id"), str):
+        if type(known.get("id")) is not str:
             raise UnreadableFile(f"{source}: no run id")
-        for name, value in (known.get("metrics") or {}).items():
-            if not (value is None or _is_number(value)):
-                raise UnreadableFile(f"{source}: metric {name!r} is {_describe(value)}, expected a number")
+        for name, values, accepted in (("overrides", known.get("overrides") or (), {str}),
+                                       ("metrics", (known.get("metrics") or {}).values(), NUMBERS | {type(None)})):
+            for value in values:
+                if type(value) not in accepted:
+                    raise UnreadableFile(f"{source}: a value in {name!r} is {_describe(value)}, expected "
+                                         f"{'a string' if name == 'overrides' else 'a number'}")
         return cls(**known, extra=extra)
 
     def to_json(self) -> dict:
-        stored = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.metadata.get("stored", True) and f.name != "extra"}
-        return {**self.extra, **stored}
+        return {**self.extra, **{name: getattr(self, name) for name in _STORED}}
 
     def as_dict(self) -> dict:
         """The record with where it was found (for ``--json`` output)."""
@@ -241,35 +266,29 @@ class RunRecord:
 
 
 _NOT_STORED = {f.name for f in dataclasses.fields(RunRecord) if not f.metadata.get("stored", True)}
+_STORED = [f.name for f in dataclasses.fields(RunRecord) if f.name not in _NOT_STORED and f.name != "extra"]
+
+
+NUMBERS = {int, float}
 
 
 @functools.lru_cache(maxsize=None)
-def _field_checks() -> dict[str, tuple[Callable[[Any], bool], str]]:
-    """Per stored field: a predicate accepting its JSON value, and what it expects in words.
-    Built once from the dataclass's annotations (evaluating them per record costs milliseconds)."""
-    hints = typing.get_type_hints(RunRecord)
-    return {name: (_predicate(hint), _expected(hint))
-            for name, hint in hints.items() if name not in _NOT_STORED and name != "extra"}
+def _field_types() -> dict[str, tuple[frozenset, str]]:
+    """Per stored field: the JSON types its value may have, and what it expects in words. Built once
+    from the dataclass's annotations (evaluating them per record costs milliseconds)."""
+    accepted = {str: {str}, float: NUMBERS, int: {int}, list: {list}, dict: {dict}}
+    fields = {}
+    for name, hint in typing.get_type_hints(RunRecord).items():
+        if name in _NOT_STORED or name == "extra":
+            continue
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint)
+        fields[name] = (frozenset(accepted[base] | ({type(None)} if type(None) in args else set())), _expected(hint))
+    return fields
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _predicate(hint: Any) -> Callable[[Any], bool]:
-    """``Optional[float]`` -> a function accepting None or a (non-bool) number, and so on."""
-    args = typing.get_args(hint)
-    nullable = typing.get_origin(hint) is typing.Union and type(None) in args
-    base = next(a for a in args if a is not type(None)) if nullable else hint
-    if base is float:
-        check = _is_number
-    elif base is int:
-        check = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    elif base is list:
-        check = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
-    else:
-        check = lambda v: isinstance(v, base)  # noqa: E731
-    return (lambda v: v is None or check(v)) if nullable else check
+    return type(value) in NUMBERS
 
 
 def _expected(hint: Any) -> str:
@@ -282,9 +301,64 @@ def _describe(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__} ({json.dumps(value, default=str)[:40]})"
 
 
-def read_record(run_dir: Path) -> RunRecord:
-    path = Path(run_dir) / RUN_FILE
-    return RunRecord.from_json(read_json_object(path), str(path))
+def read_record(run_dir: Path | str, cache: Optional["RecordCache"] = None) -> RunRecord:
+    """A run's record; with a ``cache``, a run.json unchanged since it was cached is not read again
+    (and a cached record that fails its checks is read again from the file, never trusted)."""
+    path = os.path.join(run_dir, RUN_FILE)
+    if cache is not None:
+        data, cached = cache.read(path)
+        try:
+            return RunRecord.from_json(data, path)
+        except UnreadableFile:
+            if not cached:
+                raise
+            cache.seen.pop(path)
+            cache.changed = True
+    return RunRecord.from_json(read_json_object(Path(path)), path)
+
+
+class RecordCache:
+    """The run.json records of one output directory, kept in ``<root>/.index.json`` (hidden from the
+    walk) and keyed by each file's inode, size and modification time: a record is reread only after
+    it changed (every write renames a new file in, so its inode changes). Thousands of small reads
+    become one; what is cached is still type-checked when used, and a damaged or foreign index is
+    simply rebuilt. Saving is best effort: a read-only output directory just goes uncached."""
+
+    def __init__(self, root: Path | str):
+        self.path = Path(root) / INDEX_FILE
+        self.seen: dict[str, list] = {}
+        try:
+            index = read_json_object(self.path, limit=MAX_INDEX_BYTES)
+            self.known = index.get("records") if index.get("version") == INDEX_VERSION else {}
+        except UnreadableFile:
+            self.known = {}
+        self.known = self.known if isinstance(self.known, dict) else {}
+        self.changed = False
+
+    def read(self, path: str) -> tuple[dict, bool]:
+        """``(data, whether it came from the index)``."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return read_json_object(Path(path)), False  # its own one-line error
+        key = [info.st_ino, info.st_size, info.st_mtime_ns]
+        cached = self.known.get(path)
+        hit = isinstance(cached, list) and len(cached) == 2 and cached[0] == key and isinstance(cached[1], dict)
+        if hit:
+            data = cached[1]
+        else:
+            data = read_json_object(Path(path))  # raises for a FIFO, garbage, ...: never cached
+            self.changed = True
+        self.seen[path] = [key, data]
+        return data, hit
+
+    def save(self) -> None:
+        if self.changed or len(self.seen) != len(self.known):
+            try:
+                write_atomic(self.path, json.dumps({"version": INDEX_VERSION, "records": self.seen},
+                                                   separators=(",", ":")))
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,24 +526,12 @@ class Run:
             handle.write(json.dumps(entry) + "\n")
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Drop records written after the checkpoint a continued run restarts from. A torn last line
-        (the process was killed mid-write) is dropped; a damaged line before it is an error."""
-        path = self.path / METRICS_FILE
-        if not path.exists():
-            return
-        lines = read_text(path, limit=1 << 40).splitlines()
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                entry = json.loads(line)
-                step = entry["step"]
-            except (ValueError, KeyError, TypeError):
-                if number == len(lines):
-                    break
-                raise UnreadableFile(f"{path}: line {number} is not a metrics record") from None
-            if isinstance(step, int) and step <= last_step:
-                kept.append(line)
-        write_atomic(path, "".join(line + "\n" for line in kept))
+        """Drop records written after the checkpoint a continued run restarts from (and a torn last
+        line: see :func:`read_metrics`)."""
+        if (self.path / METRICS_FILE).exists():
+            kept = [line for line, entry in read_metrics(self.path)
+                    if isinstance(entry.get("step"), int) and entry["step"] <= last_step]
+            write_atomic(self.path / METRICS_FILE, "".join(line + "\n" for line in kept))
 
     def finish(self, status: str, message: Optional[str]) -> Optional[str]:
         """Record how the run ended. Returns None, or why the status could not be written (a full

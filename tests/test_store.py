@@ -321,3 +321,26 @@ def test_many_references_resolve_in_one_walk(tmp_path, monkeypatch):
     found = runs.expand([i[:-5] for i in ids[:50]], root)
     assert len(found) == 50
     assert len(listed) <= len(ids) + 3  # every directory listed once: one walk, not one per reference
+
+
+def test_the_record_cache_never_serves_a_stale_or_hostile_record(tmp_path):
+    from bnexp.registry import load_runs
+    from bnexp.runs import INDEX_FILE
+
+    root = tmp_path / "outputs"
+    run_dir = fake_run(root, "20261120-100000-mlp-custom-aaaa")
+    assert [r.status for r in load_runs(root)] == ["completed"] and (root / INDEX_FILE).is_file()
+    set_status(run_dir, "interrupted")  # a new file: the cached record must not be served
+    assert [r.status for r in load_runs(root)] == ["interrupted"]
+    index = json.loads((root / INDEX_FILE).read_text())
+    (entry,) = index["records"].values()
+    entry[1]["duration_s"] = "forged"  # a tampered index: checked when used, and the file read instead
+    (root / INDEX_FILE).write_text(json.dumps(index))
+    (record,) = load_runs(root)
+    assert record.status == "interrupted" and record.duration_s == 12.5
+    for junk in (b"\xff\x00garbage", b"[]", b'{"version": 1, "records": []}'):
+        (root / INDEX_FILE).write_bytes(junk)
+        assert [r.status for r in load_runs(root)] == ["interrupted"]  # rebuilt from the run itself
+    (root / INDEX_FILE).unlink()
+    os.mkfifo(root / INDEX_FILE)  # never blocks
+    assert [r.status for r in load_runs(root)] == ["interrupted"]

@@ -46,9 +46,11 @@ def wide_option():
 
 
 def print_json(data) -> None:
+    """Indented for a person at a terminal, compact for a pipe (``jq`` reads either)."""
     import json
+    import sys
 
-    typer.echo(json.dumps(data, indent=2, default=str))
+    typer.echo(json.dumps(data, indent=2 if sys.stdout.isatty() else None, default=str))
 
 
 def console():

@@ -47,6 +47,9 @@ def runs_table(records: list, title: str, wide: bool = False):
                        hint="--wide shows every column; bnexp show RUN shows one run in full")
 
 
+TABLE_ROWS = 100  # a table of thousands of runs helps nobody (and takes seconds to draw)
+
+
 def runs(
     status: Optional[List[str]] = typer.Option(None, "--status", help="Only this status (repeatable): running, "
                                                "completed, failed, diverged, interrupted, dead, unreadable."),
@@ -66,7 +69,8 @@ def runs(
                              "best_val_acc, val_acc, val_loss, train_acc, train_loss (natural order: newest, "
                              "longest, most accurate, lowest loss first)."),
     reverse: bool = typer.Option(False, "--reverse", "-r", help="Flip the sort order."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Show the first N after sorting."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help=f"Show the first N after sorting (0: all; "
+                                        f"default: all with --json, the first {TABLE_ROWS} in the table)."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs' records (with tags and note) as a JSON list."),
     wide: bool = wide_option(),
     output_dir: Optional[str] = output_dir_option(),
@@ -86,11 +90,14 @@ def runs(
     records = sort_runs(filter_runs(found, status=status or (), model=model or (), norm=norm or (), sweep=sweep,
                                     since=cutoff, experiment=experiment or (), dataset=dataset or (), name=name,
                                     tags=tag or ()), sort, reverse)
-    shown = records[:limit] if limit is not None else records
+    if limit is None and not as_json:
+        limit = TABLE_ROWS
+    shown = records[:limit] if limit else records
     if as_json:
         print_json([r.as_dict() for r in shown])
         return
-    title = f"{len(records)} of {len(found)} runs in {root}" + (f" (first {len(shown)})" if len(shown) < len(records) else "")
+    more = f" (first {len(shown)}; --limit 0 shows all)" if len(shown) < len(records) else ""
+    title = f"{len(records)} of {len(found)} runs in {root}{more}"
     if not shown:
         console().print(title + ("; bnexp train makes one" if not found else "; none matches these filters"))
         return
