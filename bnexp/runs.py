@@ -624,10 +624,6 @@ def iter_run_dirs(root: Path) -> Iterator[Path]:
     return (Path(entry.path) for entry in iter_run_entries(root))
 
 
-def iter_sweep_dirs(root: Path) -> Iterator[Path]:
-    return (Path(entry.path) for entry in scan(root) if entry.kind == "sweep")
-
-
 @dataclass
 class Catalog:
     """Every run and sweep directory under a root, found in one walk; resolves many references."""

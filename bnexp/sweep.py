@@ -496,7 +496,7 @@ def run(session: Session) -> list[RunRecord]:
         raise
     except Exception as exc:
         session.lock.release()
-        if not any(iter_run_dirs(session.dir)) and not read_record_safe(session.dir):
+        if not any(iter_run_dirs(session.dir)) and not lists_jobs(session.dir):
             shutil.rmtree(session.dir, ignore_errors=True)
             raise BnexpError(f"sweep failed before any job ran (launcher {p.launcher}): {one_line(exc)}") from None
         finish(session, "failed")
@@ -506,7 +506,7 @@ def run(session: Session) -> list[RunRecord]:
     return [RunRecord(**{k: v for k, v in j.items() if k in RunRecord.__dataclass_fields__}) for j in jobs]
 
 
-def read_record_safe(sweep_dir: Path) -> bool:
+def lists_jobs(sweep_dir: Path) -> bool:
     """Whether sweep.json already lists jobs (a resumed sweep keeps its directory, whatever happens)."""
     try:
         return bool(read_sweep(sweep_dir).get("jobs"))
