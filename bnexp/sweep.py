@@ -470,12 +470,14 @@ def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> Session:
     return Session(p, sweep_dir, app, lock)
 
 
-def finish(session: Session, status: str, rows: list = (), **extra: Any) -> dict:
-    """Record the sweep's status and every job's outcome (``rows`` merged into those known)."""
+def finish(session: Session, status: str, rows: list = (), **extra: Any) -> list[RunRecord]:
+    """Record the sweep's status and every job's outcome (``rows`` merged into those known);
+    returns the jobs as recorded."""
     ended = status != "running"
-    return session.save(status=status, ended=now_iso() if ended else None, heartbeat=now_iso(),
-                        owner=None if ended else owner_info(),
-                        jobs=[r.as_dict() for r in job_rows(session.dir, list(rows))], **extra)
+    jobs = job_rows(session.dir, list(rows))
+    session.save(status=status, ended=now_iso() if ended else None, heartbeat=now_iso(),
+                 owner=None if ended else owner_info(), jobs=[r.as_dict() for r in jobs], **extra)
+    return jobs
 
 
 def run(session: Session) -> list[RunRecord]:
@@ -501,9 +503,9 @@ def run(session: Session) -> list[RunRecord]:
             raise BnexpError(f"sweep failed before any job ran (launcher {p.launcher}): {one_line(exc)}") from None
         finish(session, "failed")
         raise BnexpError(f"sweep stopped (launcher {p.launcher}): {one_line(exc)}; its jobs so far: {session.dir}") from None
-    jobs = finish(session, "completed", rows, **extra)["jobs"]
+    jobs = finish(session, "completed", rows, **extra)
     session.lock.release()
-    return [RunRecord(**{k: v for k, v in j.items() if k in RunRecord.__dataclass_fields__}) for j in jobs]
+    return jobs
 
 
 def lists_jobs(sweep_dir: Path) -> bool:

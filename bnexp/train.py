@@ -33,7 +33,7 @@ from bnexp.config import OPTIMIZERS, dataset_settings, import_object, override_v
 from bnexp.distributed import Ranks, in_worker, joined, launch
 from bnexp.errors import BnexpError
 from bnexp.runs import (CHECKPOINT_FILE, CONFIG_FILE, OVERRIDES_FILE, Run, RunRecord, now_iso, run_stem,
-                        unique_dir)
+                        unique_dir, write_atomic)
 
 
 class Diverged(BnexpError):
@@ -459,8 +459,6 @@ class _ConfigRefresh(Callback):
         self.cfg, self.overrides = cfg, overrides
 
     def on_start(self, loop):
-        from bnexp.runs import write_atomic
-
         run, cfg = loop.run, self.cfg
         if (run.record.epochs, run.record.max_steps) != (cfg.epochs, cfg.max_steps):
             write_atomic(run.path / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))

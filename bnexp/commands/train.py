@@ -125,7 +125,6 @@ def resume_config(overrides: list[str], cfg):
     given (a finished run trains on); any other override is refused, since it would change what
     the checkpoint was trained as."""
     from bnexp.config import EXTENDABLE_KEYS, load_saved, override_value
-    from bnexp.registry import default_root
     from bnexp.runs import read_record, resolve
 
     given = [o for o in overrides if not o.startswith("resume=")]
@@ -133,7 +132,7 @@ def resume_config(overrides: list[str], cfg):
     if others:
         raise BnexpError(f"resume= continues a run with its saved config; only {' and '.join(EXTENDABLE_KEYS)} "
                          f"may change (to train longer); drop: {' '.join(others)}")
-    kind, run_dir = resolve(cfg.resume, Path(cfg.output_dir) if cfg.output_dir else default_root())
+    kind, run_dir = resolve(cfg.resume, Path(cfg.output_dir))
     if kind != "run":
         raise BnexpError(f"resume={cfg.resume} names a sweep; continue it with: bnexp sweep --resume {run_dir.name}")
     record = read_record(run_dir)
