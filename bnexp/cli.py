@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from bnexp import __version__
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError, error_line
 
 # Commands appear in ``--help`` in this order (by module); modules not listed follow alphabetically.
 COMMAND_ORDER = ["train", "sweep", "runs", "show", "curves", "compare", "export", "tag", "rm", "tensorboard",
@@ -87,7 +87,7 @@ def hanging_indents(text: str, width: int) -> str:
     from rich.markup import escape
     from rich.text import Text
 
-    from bnexp.terminal import wrap_text
+    from bnexp.views.terminal import wrap_text
 
     out = []
     for line in text.split("\n"):
@@ -111,15 +111,6 @@ def hanging_indents(text: str, width: int) -> str:
 
 def _debug() -> bool:
     return os.environ.get("BNEXP_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
-
-
-def error_line(message: str, label: str = "error") -> None:
-    """Print one red ``error:`` line to stderr (Rich markup in the message is not interpreted)."""
-    from rich.console import Console
-    from rich.text import Text
-
-    style = "bold yellow" if label != "error" else "bold red"
-    Console(stderr=True, soft_wrap=True).print(Text(f"{label}: ", style=style) + Text(" ".join(message.split())))
 
 
 def main() -> None:

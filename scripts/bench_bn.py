@@ -10,7 +10,7 @@ Measures, with builtin / custom eager / custom compiled interleaved round by rou
 * the one-off compile cost of the compiled path;
 * peak memory of a training step (CUDA: ``max_memory_allocated``; CPU: torch's allocator as seen by
   the profiler, op by op) and the bytes saved for backward;
-* end-to-end LeNet training steps (``bnexp.models.build_model``, model=lenet) with norm=builtin and
+* end-to-end LeNet training steps (``bnexp.nn.models.build_model``, model=lenet) with norm=builtin and
   norm=custom, on synthetic 28x28 images.
 
 Ratios are throughput ratios, custom / builtin (above 1: custom is faster). On a shared CPU, rounds
@@ -33,7 +33,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import bnexp.norm as bn  # noqa: E402
+import bnexp.nn.batchnorm as bn  # noqa: E402
 
 SHAPES = [("BatchNorm2d", (6, 28, 28)), ("BatchNorm2d", (16, 10, 10)), ("BatchNorm1d", (120,)), ("BatchNorm1d", (84,))]
 TARGETS = {"eager": 0.5, "compiled": 0.9, "lenet": 0.9, "memory": 1.2}
@@ -157,7 +157,7 @@ def lenet_config():
     """conf/model/lenet.yaml (d2l's LeNet-5 with sigmoid) on bnexp's schema, and a norm config per kind."""
     from omegaconf import OmegaConf
 
-    from bnexp.config import ModelConfig, NormConfig
+    from bnexp.config.schema import ModelConfig, NormConfig
 
     model_cfg = OmegaConf.structured(ModelConfig)
     for path in (REPO / "conf/model/lenet.yaml", REPO / "bnexp/conf/model/lenet.yaml"):
@@ -277,7 +277,7 @@ def main() -> int:
     console.print(table)
 
     # --- end-to-end LeNet ---
-    from bnexp.models import build_model
+    from bnexp.nn.models import build_model
 
     model_cfg, norm_cfg = lenet_config()
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Data-parallel throughput: one process versus two, and what synchronized BN costs per step.
 
-Trains the same run four ways through ``bnexp.train.train`` (the real trainer; the two-process
+Trains the same run four ways through ``bnexp.launch.trainer.train`` (the real trainer; the two-process
 runs go through bnexp's launcher and torch's elastic agent), side by side, in turn when repeated:
 
     N=1                  one process, torch's default threads (all cores)
@@ -40,7 +40,7 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's default in a fresh process
 
 
 def run_config(args, output_dir: Path, nproc: int, sync: bool, threads):
-    from bnexp.config import load
+    from bnexp.config.compose import load
 
     cfg = load([f"model={args.model}", f"norm={args.norm}", f"norm.sync={str(sync).lower()}",
                 f"batch_size={args.batch_size}", f"epochs={args.epochs}", f"dataset.limit_train={args.limit_train}",
@@ -52,7 +52,7 @@ def run_config(args, output_dir: Path, nproc: int, sync: bool, threads):
 
 def measure(args, output_dir: Path, nproc: int, sync: bool, threads) -> tuple[float, float, int]:
     """(examples/s over the epochs after the first, wall seconds with start-up, steps per epoch)."""
-    from bnexp.train import train
+    from bnexp.launch.trainer import train
 
     torch.set_num_threads(DEFAULT_THREADS)  # a threads=1 run in this process must not carry over
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> None:
                 walls[mode].append(wall)
                 print(f"round {round_ + 1}, {mode}: {rate:,.0f} examples/s, {wall:.1f} s wall", flush=True)
 
-    from bnexp.vocab import fmt_rate
+    from bnexp.core.vocab import fmt_rate
 
     median = {mode: statistics.median(values) for mode, values in rates.items()}
     step_ms = {mode: 1000 * args.batch_size / rate for mode, rate in median.items()}

@@ -10,12 +10,12 @@ config), seed and batch size on the same data (the 8,000-image train split of MN
                  ``DataLoader(batch_size, shuffle=True, num_workers=0)``, ``loss.item()`` every step
     bare         the same model over pre-normalized, pre-batched tensors in a list: no shuffling,
                  metrics or logging; the upper bound
-    bnexp        ``bnexp.train.train(cfg, [], run_dir=tmp, progress=False)``: scalars every
+    bnexp        ``bnexp.launch.trainer.train(cfg, [], run_dir=tmp, progress=False)``: scalars every
                  ``log_every_steps`` (10), histograms off
     bnexp-quiet  the trainer without step logging (``log_every_steps`` 1e9, ``hist_every_steps`` 0)
     bnexp-full   the trainer with full logging at the config defaults: scalars every 10 steps and,
                  every 100 steps (default), histograms (+ per-channel gamma/beta scalars, percentile
-                 records) and the gradient telemetry (bnexp.diagnostics: gradient and weight norms,
+                 records) and the gradient telemetry (bnexp.tracking.diagnostics: gradient and weight norms,
                  effective LR, gamma/beta gradient norms, pre-activation gradient histograms)
 
 What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
@@ -73,7 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bnexp.callbacks import Callback  # noqa: E402  (torch-free; after the path is set)
+from bnexp.engine.callbacks import Callback  # noqa: E402  (torch-free; after the path is set
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-t10k"
 QUIET_LOG_EVERY = 10**9  # "never" for log_every_steps (it must be >= 1)
@@ -212,8 +212,8 @@ def sync(device) -> None:
 
 def fresh_model(cfg, data, device):
     """The model and optimizer bnexp's trainer builds for ``cfg`` (same seed, same initial weights)."""
-    from bnexp.models import build_model
-    from bnexp.train import build_optimizer
+    from bnexp.engine.loop import build_optimizer
+    from bnexp.nn.models import build_model
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
@@ -344,11 +344,11 @@ class EpochTimer(Callback):
 
 
 def run_bnexp(cfg, data, epochs: int) -> list[Epoch]:
-    """``bnexp.train.train`` for 1 + epochs epochs (the first is the warm-up), timed by an
+    """``bnexp.launch.trainer.train`` for 1 + epochs epochs (the first is the warm-up), timed by an
     :class:`EpochTimer`. The trainer's own ``examples_per_s`` is kept as a cross-check."""
     from omegaconf import OmegaConf
 
-    from bnexp.train import train
+    from bnexp.launch.trainer import train
 
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, True)
@@ -376,8 +376,8 @@ def paired_ratio(num: Variant, den: Variant, clock: str) -> tuple[float, float, 
 
 
 def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size: int, console) -> dict:
-    from bnexp.config import load
-    from bnexp.data import load_dataset
+    from bnexp.config.compose import load
+    from bnexp.data.datasets import load_dataset
 
     def config(log_every: int, hist_every: int):
         cfg = load(base_overrides + [f"batch_size={batch_size}", f"log_every_steps={log_every}",
@@ -493,8 +493,8 @@ def main(argv=None) -> int:
     import torchvision
     from rich.console import Console
 
-    from bnexp.config import load
-    from bnexp.errors import BnexpError
+    from bnexp.config.compose import load
+    from bnexp.core.errors import BnexpError
 
     console = Console(width=max(Console().width, 130))
     if args.device == "cuda" and not torch.cuda.is_available():

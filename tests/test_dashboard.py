@@ -15,10 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from bnexp.dashboard import DEFAULT_PORT, FINAL_METRICS, choose_port, write_sweep_experiment
-from bnexp.errors import BnexpError
 from conftest import TINY as SHARED_TINY
+
+from bnexp.core.errors import BnexpError
+from bnexp.tracking.hparams import FINAL_METRICS, write_sweep_experiment
+from bnexp.views.dashboard import DEFAULT_PORT, choose_port
 
 TINY = [*SHARED_TINY, "hist_every_steps=0"]
 
@@ -143,8 +144,9 @@ def test_a_killed_dashboard_takes_tensorboard_with_it(bnexp, tmp_path):
     (PR_SET_PDEATHSIG) and the next dashboard removes the orphaned temporary directory."""
     import tempfile
 
-    from bnexp.dashboard import TEMP_PREFIX, private_dir
     from conftest import fake_run
+
+    from bnexp.views.dashboard import TEMP_PREFIX, private_dir
 
     fake_run(bnexp.out, "20261120-100000-mlp-custom-aaaa")
     port = free_port()

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED_MNIST_T10K, write_idx
 from omegaconf import OmegaConf
 
-from bnexp.config import DATASETS, DatasetConfig, check_schema, dataset_settings, validate_dataset
-from bnexp.data import load_dataset
-from bnexp.errors import BnexpError
-from conftest import REPO, SHARED_MNIST_T10K, write_idx
+from bnexp.config.compose import check_schema, dataset_settings, validate_dataset
+from bnexp.config.groups import DATASETS
+from bnexp.config.schema import DatasetConfig
+from bnexp.core.errors import BnexpError
+from bnexp.data.datasets import load_dataset
 
 CPU = torch.device("cpu")
 
@@ -75,7 +77,7 @@ def test_digits_image_size_is_configurable():
 
 
 def test_digits_are_cached_after_first_use_and_read_back_identical(tmp_path, monkeypatch):
-    import bnexp.data
+    import bnexp.data.datasets
 
     fresh = load(name="digits", root=str(tmp_path))
     cache = tmp_path / "digits" / "digits-28px-v1.npz"
@@ -84,7 +86,7 @@ def test_digits_are_cached_after_first_use_and_read_back_identical(tmp_path, mon
     def no_sklearn(size):
         raise AssertionError("rebuilt although the cache is valid")
 
-    monkeypatch.setattr(bnexp.data, "_resized_digits", no_sklearn)
+    monkeypatch.setattr(bnexp.data.datasets, "_resized_digits", no_sklearn)
     cached = load(name="digits", root=str(tmp_path))
     assert torch.equal(fresh.train_x, cached.train_x) and torch.equal(fresh.val_y, cached.val_y)
     assert cached.num_classes == 10 and cached.train_x.dtype == torch.float32
@@ -118,7 +120,7 @@ def test_a_damaged_digits_cache_is_ignored_and_rebuilt(tmp_path, damage):
     again = load(name="digits", root=str(tmp_path))
     assert torch.equal(reference.train_x, again.train_x) and torch.equal(reference.train_y, again.train_y)
     if cache.is_file():  # rebuilt in place (a directory or FIFO in the way is left alone)
-        from bnexp.data import _read_digits_cache
+        from bnexp.data.datasets import _read_digits_cache
 
         assert _read_digits_cache(cache, 28) is not None
 

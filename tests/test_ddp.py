@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO, one_line_error
 
 # Long enough (many short epochs) that a signal sent after the first checkpoint lands mid-run.
@@ -86,8 +85,8 @@ def finished(process: subprocess.Popen) -> tuple[str, str]:
 CASES = [("custom", True), ("builtin", True), ("custom", False), ("builtin", False)]  # (norm, norm.sync)
 GRADIENT_WORKER = """
 import pickle, sys, torch, torch.distributed as dist, torch.nn.functional as F
-from bnexp.distributed import Ranks
-from bnexp.models import build_model, synchronize_norms
+from bnexp.engine.ranks import Ranks
+from bnexp.nn.models import build_model, synchronize_norms
 
 dist.init_process_group("gloo")
 ranks = Ranks(rank=dist.get_rank(), size=2)
@@ -111,8 +110,8 @@ def one_process(norm: str, overrides: list[str], x, y) -> tuple[dict, dict]:
     """The reference: the same step in this process on the whole batch (mean loss)."""
     import torch.nn.functional as F
 
-    from bnexp.config import load
-    from bnexp.models import build_model
+    from bnexp.config.compose import load
+    from bnexp.nn.models import build_model
 
     cfg = load(["model=lenet", f"norm={norm}", *overrides])
     torch.manual_seed(1)
@@ -128,7 +127,7 @@ def test_two_ranks_give_the_gradients_and_statistics_of_one_process(tmp_path):
     with norm.sync=false the gradients are those of ghost batches of 32 in one process."""
     import pickle
 
-    from bnexp.config import load
+    from bnexp.config.compose import load
 
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 28, 28) * 3 + 1, torch.randint(0, 10, (64,))
@@ -245,8 +244,8 @@ def failure(kind: str = None, exitcode: int = 1, message: str = "", pid: int = 1
 
 
 def test_the_launcher_names_the_rank_that_started_it():
-    from bnexp.distributed import _verdict, describe_failures
-    from bnexp.runs import RunRecord
+    from bnexp.launch.multiproc import _verdict, describe_failures
+    from bnexp.store.record import RunRecord
 
     lost = failure("lost", message="RuntimeError: gloo ... Connection reset by peer", pid=10)
     killed = failure(exitcode=-9, pid=11)
@@ -269,7 +268,7 @@ def test_the_launcher_names_the_rank_that_started_it():
 
 
 def test_ranks_take_contiguous_shares_of_each_batch():
-    from bnexp.distributed import Ranks
+    from bnexp.engine.ranks import Ranks
 
     batch = torch.arange(11)
     shards = [Ranks(rank=r, size=3).shard(batch) for r in range(3)]

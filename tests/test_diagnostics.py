@@ -1,4 +1,4 @@
-"""BN diagnostics (bnexp.diagnostics): the train/eval gap and recalibration listener, precise BN
+"""BN diagnostics (bnexp.tracking.diagnostics): the train/eval gap and recalibration listener, precise BN
 itself, gradient / effective-LR telemetry, `bnexp recalibrate`, ghost batches equal to the whole
 batch, and the batch-size study preset."""
 
@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-import bnexp.norm
-from bnexp.config import load
-from bnexp.data import DataBundle
-from bnexp.diagnostics import recalibrate, recalibration_indices, running_stat_layers
-from bnexp.runs import DirLock
-from bnexp.train import epoch_batches, evaluate, train
-from conftest import TINY, one_line_error
+import bnexp.nn.batchnorm
+from bnexp.config.compose import load
+from bnexp.data.datasets import DataBundle
+from bnexp.engine.evaluate import evaluate
+from bnexp.engine.loop import epoch_batches
+from bnexp.engine.recalibrate import recalibrate, recalibration_indices, running_stat_layers
+from bnexp.launch.trainer import train
+from bnexp.store.lock import DirLock
 
 GAP_KEYS = ("val_loss_batch_stats", "val_acc_batch_stats", "val_loss_recalibrated", "val_acc_recalibrated")
 GRAD_TAGS = ("grad_norm", "weight_norm", "effective_lr", "gamma_grad_norm", "beta_grad_norm")
@@ -91,9 +93,10 @@ def test_norm_none_has_gradients_but_no_gap(trained):
 
 def test_gradient_telemetry_matches_a_fresh_computation(trained):
     """The first step's figures, recomputed from scratch: same seed, same model, same first batch."""
-    from bnexp.config import dataset_settings, load_saved
-    from bnexp.data import load_dataset
-    from bnexp.models import build_model
+    from bnexp.config.compose import dataset_settings
+    from bnexp.data.datasets import load_dataset
+    from bnexp.nn.models import build_model
+    from bnexp.store.run import load_saved
 
     run = trained["custom"]
     cfg, _ = load_saved(run)
@@ -148,9 +151,9 @@ def _stats_per_batch(outputs: list[torch.Tensor], ghost: int | None) -> tuple[to
 
 @pytest.mark.parametrize("make_norm, ghost", [
     (lambda: nn.BatchNorm1d(5), None),
-    (lambda: bnexp.norm.BatchNorm1d(5), None),
-    (lambda: bnexp.norm.GhostBatchNorm(nn.BatchNorm1d(5), 4), 4),
-    (lambda: bnexp.norm.BatchNorm1d(5, ghost_batch_size=4), 4),
+    (lambda: bnexp.nn.batchnorm.BatchNorm1d(5), None),
+    (lambda: bnexp.nn.batchnorm.GhostBatchNorm(nn.BatchNorm1d(5), 4), 4),
+    (lambda: bnexp.nn.batchnorm.BatchNorm1d(5, ghost_batch_size=4), 4),
 ], ids=["torch", "bnexp", "torch-ghost", "bnexp-ghost"])
 def test_recalibrate_is_the_plain_average_over_batches(make_norm, ghost):
     torch.manual_seed(0)

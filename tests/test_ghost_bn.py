@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import bnexp.norm as bn
-from bnexp.bncheck import TOLERANCE
+import bnexp.nn.batchnorm as bn
+from bnexp.nn.check import TOLERANCE
 
 CASES = [  # (class, input shape, ghost batch size)
     ("BatchNorm1d", (12, 5), 4),  # divisible

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnexp.config import load
-from bnexp.errors import BnexpError
-from bnexp.models import build_model, norm_layers
+from bnexp.config.compose import load
+from bnexp.core.errors import BnexpError
+from bnexp.nn.models import build_model, norm_layers
 
 MODELS = ("mlp", "lenet", "convnet")
 NORMS = ("none", "custom", "builtin")

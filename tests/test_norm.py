@@ -1,4 +1,4 @@
-"""bnexp.norm against torch.nn.BatchNorm*d, which is the oracle: same outputs, gradients, buffers,
+"""bnexp.nn.batchnorm against torch.nn.BatchNorm*d, which is the oracle: same outputs, gradients, buffers,
 state_dict, repr and errors, within 1e-5 (float32) / 1e-10 (float64) relative."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bnexp.norm as bn
-from bnexp.bncheck import CONFIGS, SHAPES, TOLERANCE, compare
+import bnexp.nn.batchnorm as bn
+from bnexp.nn.check import CONFIGS, SHAPES, TOLERANCE, compare
 
 DTYPES = [torch.float32, torch.float64]
 CLASSES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -149,7 +149,7 @@ def test_check_bn_is_a_plain_function_in_a_module_without_torch(capsys):
     import subprocess
     import sys
 
-    code = "import sys, bnexp.commands.check_bn; print([m for m in ('torch', 'bnexp.bncheck') if m in sys.modules])"
+    code = "import sys, bnexp.commands.check_bn; print([m for m in ('torch', 'bnexp.nn.check') if m in sys.modules])"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
     from bnexp.commands.check_bn import check_bn
@@ -419,7 +419,7 @@ def float32_errors(cls_name, shape, scale, offset, training, seed) -> dict:
     updated running mean and variance. Natural sizes: the largest value; for the input gradient, the
     largest ``dy * weight * invstd`` (before its mean terms cancel); for the weight and bias
     gradients, the largest ``sqrt(sum(term^2))`` over channels (a sum's size without cancellation,
-    as in bnexp.bncheck).
+    as in bnexp.nn.check).
     """
     gen = torch.Generator().manual_seed(seed)
     channels, dims = shape[1], (0, *range(2, len(shape)))
@@ -637,7 +637,7 @@ def test_memory_saved_for_backward_like_builtin():
 
 
 def test_models_switch_between_custom_and_builtin():
-    """A network built with bnexp.norm loads a builtin network's checkpoint and agrees with it."""
+    """A network built with bnexp.nn.batchnorm loads a builtin network's checkpoint and agrees with it."""
 
     def net(norm2d, norm1d):
         return nn.Sequential(nn.Conv2d(1, 4, 3), norm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),

@@ -11,11 +11,12 @@ import sys
 
 import pytest
 import torch
+from conftest import requires_mnist_t10k
 from torch import nn
 
-from bnexp.config import config_dir, load
-from bnexp.models import build_model
-from conftest import requires_mnist_t10k
+from bnexp.config.compose import load
+from bnexp.config.groups import config_dir
+from bnexp.nn.models import build_model
 
 PRESETS = ["mlp_mnist", "convnet_mnist", "lenet_fashion", "simplenet_mnist", "bn_paper_mnist", "batch_size_study"]
 OFFLINE = "dataset=idx dataset.path=../shared/data/mnist-t10k"
@@ -134,7 +135,7 @@ def test_bn_paper_mnist():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_trains_a_few_steps(preset, tmp_path):
-    from bnexp.train import train
+    from bnexp.launch.trainer import train
 
     # batch 32 so that 256 images give 3 steps in one epoch for every preset (lenet_fashion's is 256)
     overrides = [f"experiment={preset}", "dataset=digits", *FEW_STEPS, "batch_size=32", "hist_every_steps=2",
@@ -176,7 +177,7 @@ def test_train_help_lists_the_presets_and_their_offline_override():
 
 def test_preset_on_the_local_mnist_test_set(tmp_path):
     data = requires_mnist_t10k()
-    from bnexp.train import train
+    from bnexp.launch.trainer import train
 
     overrides = ["experiment=mlp_mnist", "dataset=idx", f"dataset.path={data}", "dataset.val_fraction=0.2",
                  "norm=builtin", "max_steps=5", "hist_every_steps=0", f"output_dir={tmp_path}"]

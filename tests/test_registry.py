@@ -12,13 +12,13 @@ import sys
 from datetime import datetime, timedelta
 
 import pytest
-
-import bnexp.registry
-from bnexp.errors import BnexpError
-from bnexp.labels import update_labels
-from bnexp.registry import check_choices, filter_runs, load_runs, parse_since, sort_runs
-from bnexp.runs import resolve
 from conftest import fake_run
+
+import bnexp.store.registry
+from bnexp.core.errors import BnexpError
+from bnexp.store.catalog import resolve
+from bnexp.store.labels import update_labels
+from bnexp.store.registry import check_choices, filter_runs, load_runs, parse_since, sort_runs
 
 NOW = datetime.now().astimezone().replace(microsecond=0)
 
@@ -79,8 +79,8 @@ def test_filters_by_name_experiment_dataset_and_tags(registry, monkeypatch):
     update_labels(run, add=["keep", "paper"])
     update_labels(registry / "runs/20261120-100000-mlp-custom-aaaa", add=["keep"])
     reads = []
-    real = bnexp.registry.read_labels
-    monkeypatch.setattr(bnexp.registry, "read_labels", lambda path: reads.append(path) or real(path))
+    real = bnexp.store.registry.read_labels
+    monkeypatch.setattr(bnexp.store.registry, "read_labels", lambda path: reads.append(path) or real(path))
     records = load_runs(registry)
     assert sorted(os.path.basename(p) for p in reads) == ["20261120-100000-mlp-custom-aaaa", run.name]  # only where present
 

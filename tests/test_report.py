@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.report import BASE_HEIGHT_PX, FIGURE_WIDTH_PX, build_report, collect_run_dirs, default_out_dir, load_run
-from bnexp.errors import BnexpError
-from bnexp.vocab import fmt_number
+from bnexp.core.errors import BnexpError
+from bnexp.core.vocab import fmt_number
+from bnexp.views.report import (
+    BASE_HEIGHT_PX,
+    FIGURE_WIDTH_PX,
+    build_report,
+    collect_run_dirs,
+    default_out_dir,
+    load_run,
+)
 
 NORMS = ("none", "custom", "builtin")
 # 3 epochs of 4 steps; percentiles at steps 1, 3, 6, 9, 12
@@ -35,8 +42,8 @@ def cli(*args: str, cwd: Path, output_dir: Path | None = None) -> subprocess.Com
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """One parent directory holding three runs that differ only in the norm (what a sweep over norm makes)."""
-    from bnexp.config import load
-    from bnexp.train import train
+    from bnexp.config.compose import load
+    from bnexp.launch.trainer import train
 
     root = tmp_path_factory.mktemp("sweep")
     for norm in NORMS:
@@ -213,7 +220,7 @@ def clone_run(template: Path, dst: Path, settings: dict, final: dict[str, float]
 @pytest.fixture
 def figures(monkeypatch) -> dict:
     """The matplotlib figures build_report saves, by file stem, for inspection after the fact."""
-    import bnexp.report as report
+    import bnexp.views.report as report
 
     kept, save = {}, report._save
 
@@ -226,7 +233,7 @@ def figures(monkeypatch) -> dict:
 
 
 def test_runs_of_several_seeds_are_cells_with_mean_std_and_welch(sweep, tmp_path):
-    from bnexp.stats import summarize, welch
+    from bnexp.views.stats import summarize, welch
 
     template = sweep / "runs" / run_ids(sweep)["custom"]
     accs = {"custom": [0.90, 0.91, 0.92], "builtin": [0.95, 0.96, 0.94]}
@@ -241,7 +248,7 @@ def test_runs_of_several_seeds_are_cells_with_mean_std_and_welch(sweep, tmp_path
     assert "| norm=custom (n=3) | 0.9100 ± 0.0100 (3) |" in seeds
     assert "| norm=builtin (n=3) | 0.9500 ± 0.0100 (3) |" in seeds
     verdict = welch(summarize(accs["custom"]), summarize(accs["builtin"])).verdict()
-    assert "larger than seed noise" in verdict and f"| `norm.kind` |" in seeds and verdict in seeds
+    assert "larger than seed noise" in verdict and "| `norm.kind` |" in seeds and verdict in seeds
     gap = text.split("## Train/eval gap and recalibration")[1].split("\n## ")[0]
     assert ("| norm=custom (n=3) | 0.9100 ± 0.0100 (3) | 0.9200 ± 0.0100 (3) | 0.9300 ± 0.0300 (3) "
             "| +0.0200 ± 0.0200 | 2 of 3 |") in gap
@@ -249,8 +256,8 @@ def test_runs_of_several_seeds_are_cells_with_mean_std_and_welch(sweep, tmp_path
 
 def short_run(root: Path) -> Path:
     """One epoch of 4 steps with histograms every 100: a single histogram point."""
-    from bnexp.config import load
-    from bnexp.train import train
+    from bnexp.config.compose import load
+    from bnexp.launch.trainer import train
 
     overrides = [*TINY_SWEEP[:5], "dataset.limit_train=128", "batch_size=32", "epochs=1", "hist_every_steps=100",
                  "checkpoint=false", f"output_dir={root}"]

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, fake_run, one_line_error
 
 LONG = ["epochs=400", "dataset.limit_train=256", "dataset.limit_val=64", "batch_size=32", "hist_every_steps=0",
@@ -309,7 +308,7 @@ def test_a_full_disk_fails_the_run_cleanly(tmp_path):
 
 
 def test_many_references_resolve_in_one_walk(tmp_path, monkeypatch):
-    import bnexp.runs as runs
+    import bnexp.store.catalog as catalog
 
     root = tmp_path / "outputs"
     ids = [f"20261122-{i:06d}-mlp-custom-{i:04x}" for i in range(200)]
@@ -317,15 +316,15 @@ def test_many_references_resolve_in_one_walk(tmp_path, monkeypatch):
         fake_run(root, run_id)
     listed = []
     real_scandir = os.scandir
-    monkeypatch.setattr(runs.os, "scandir", lambda path: (listed.append(path), real_scandir(path))[1])
-    found = runs.expand([i[:-5] for i in ids[:50]], root)
+    monkeypatch.setattr(catalog.os, "scandir", lambda path: (listed.append(path), real_scandir(path))[1])
+    found = catalog.expand([i[:-5] for i in ids[:50]], root)
     assert len(found) == 50
     assert len(listed) <= len(ids) + 3  # every directory listed once: one walk, not one per reference
 
 
 def test_the_record_cache_never_serves_a_stale_or_hostile_record(tmp_path):
-    from bnexp.registry import load_runs
-    from bnexp.runs import INDEX_FILE
+    from bnexp.store.record import INDEX_FILE
+    from bnexp.store.registry import load_runs
 
     root = tmp_path / "outputs"
     run_dir = fake_run(root, "20261120-100000-mlp-custom-aaaa")

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY as SHARED_TINY
+from conftest import one_line_error
 
-from bnexp.dashboard import FINAL_METRICS
-from conftest import TINY as SHARED_TINY, one_line_error
+from bnexp.tracking.hparams import FINAL_METRICS
 
 TINY = [*SHARED_TINY, "hist_every_steps=0"]
 
@@ -150,8 +151,8 @@ def test_optuna_search_persists_and_resumes(cli):
 
 
 def test_resume_reruns_only_the_jobs_that_did_not_complete(cli, tmp_path):
-    from conftest import write_idx
     import numpy as np
+    from conftest import write_idx
 
     good, missing = tmp_path / "good", tmp_path / "later"
     good.mkdir()

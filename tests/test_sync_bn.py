@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import bnexp.norm as bn
-from bnexp.bncheck import TOLERANCE
+import bnexp.nn.batchnorm as bn
+from bnexp.nn.check import TOLERANCE
 
 BATCH, CHANNELS, STEPS = 64, 3, 2
 SHAPES = {"BatchNorm1d": (BATCH, CHANNELS), "BatchNorm2d": (BATCH, CHANNELS, 3, 2)}

@@ -17,10 +17,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import fake_run, one_line_error
 from rich.cells import cell_len
 
-from bnexp.terminal import Column, FittedTable, Series, line_plot, wrap_text
-from conftest import fake_run, one_line_error
+from bnexp.views.terminal import Column, FittedTable, Series, line_plot, wrap_text
 
 WIDTHS = (80, 100, 120)
 DESCRIPTION = ("MLP 784-100-10 with BN, ReLU, SGD lr 0.1, 10 epochs on MNIST. Offline: dataset=idx "
@@ -193,7 +193,7 @@ def test_sweep_table_and_restore_list_fit(cli, width):
 @pytest.mark.parametrize("width", WIDTHS)
 def test_train_summary_fits(cli, tiny, width, monkeypatch, capsys):
     from bnexp.commands.train import print_summary
-    from bnexp.runs import read_record
+    from bnexp.store.record import read_record
 
     cli("train", *tiny, "epochs=2", "name=summary", "-q")
     run_dir = next((cli.out / "runs").iterdir())
@@ -212,7 +212,7 @@ def test_train_summary_fits(cli, tiny, width, monkeypatch, capsys):
 
 def test_throughput_collapse_gives_a_threads_hint(cli):
     from bnexp.commands.train import throughput_hint
-    from bnexp.runs import read_record
+    from bnexp.store.record import read_record
 
     steady = with_history(fake_run(cli.out, "20261120-100000-mlp-custom-aaaa"), epochs=4)
     collapsed = with_history(fake_run(cli.out, "20261120-110000-mlp-custom-bbbb"), epochs=4,
@@ -229,7 +229,7 @@ def test_throughput_collapse_gives_a_threads_hint(cli):
 
 
 def test_mean_rate_is_total_examples_over_total_time():
-    from bnexp.train import mean_rate
+    from bnexp.engine.loop import mean_rate
 
     metrics = {"examples_per_s": 1000.0}
     mean = mean_rate(metrics, 1)
@@ -352,7 +352,8 @@ def test_tag_note_and_remove(cli, runs):
 
 def test_labels_survive_the_trainer_rewriting_run_json(cli, runs):
     """The trainer rewrites run.json from memory while it trains: a tag added meanwhile must stay."""
-    from bnexp.runs import Run, read_record
+    from bnexp.store.record import read_record
+    from bnexp.store.run import Run
 
     run_dir = runs / "runs/20261121-120000-lenet-builtin-eeee"
     run = Run.open(run_dir)
@@ -371,7 +372,7 @@ def test_labels_survive_the_trainer_rewriting_run_json(cli, runs):
 
 
 def test_concurrent_tagging_keeps_every_tag(runs):
-    from bnexp.labels import read_labels, update_labels
+    from bnexp.store.labels import read_labels, update_labels
 
     run_dir = runs / "runs/20261121-100000-mlp-none-noted-bbbb"
     threads = [threading.Thread(target=update_labels, args=(run_dir,), kwargs={"add": [f"t{i}"]}) for i in range(12)]

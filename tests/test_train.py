@@ -8,10 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY, one_line_error, requires_mnist_t10k, write_idx
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import TINY, one_line_error, requires_mnist_t10k, write_idx
 
 
 def only_run(out):
@@ -60,7 +59,7 @@ def test_lenet_custom_run_writes_everything(cli):
     assert [e.step for e in acc.Histograms("gamma/norm1")] == [1, 4, 8]
     hparams = acc.PluginTagToContent("hparams")
     assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= hparams.keys()
-    assert "_hparams_/experiment" not in hparams  # the table's columns: one per sweep / dashboard (bnexp.dashboard)
+    assert "_hparams_/experiment" not in hparams  # the table's columns: one per sweep / dashboard (bnexp.views.dashboard)
     assert not [p for p in run.iterdir() if p.is_dir()], "HParams must not create a sub-run"
     norm_params = json.loads((run / "norm_params.json").read_text())
     assert len(norm_params["norm3"]["gamma"]) == 120
@@ -140,7 +139,7 @@ def test_help_does_not_import_torch():
 
 def test_composing_and_checking_a_config_does_not_import_torch():
     code = ("import sys\n"
-            "from bnexp.config import load\n"
+            "from bnexp.config.compose import load\n"
             "cfg = load(['model=lenet', 'norm=builtin', 'optimizer=adam'])\n"
             "print('TORCH', 'torch' in sys.modules, cfg.optimizer.name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -16,7 +16,7 @@ WIDE_HELP = "Show every column at full width, even wider than the terminal."
 
 
 def output_root(output_dir: Optional[str]) -> Path:
-    from bnexp.registry import default_root
+    from bnexp.store.registry import default_root
 
     return Path(output_dir) if output_dir else default_root()
 
@@ -24,7 +24,7 @@ def output_root(output_dir: Optional[str]) -> Path:
 def complete_runs(ctx, incomplete: str) -> list[str]:
     """Shell completion of run and sweep references: the ids and ``name=`` labels under the output
     directory (``--output-dir`` if already typed) that start with what was typed."""
-    from bnexp.runs import label_of, scan
+    from bnexp.store.catalog import label_of, scan
 
     root = output_root((ctx.params or {}).get("output_dir"))
     names = [os.path.basename(entry.path) for entry in scan(root)]
@@ -72,7 +72,7 @@ def problem(label: str, what: str, message) -> None:
 
 
 def status_cell(status: Optional[str]) -> tuple[str, str]:
-    from bnexp.vocab import STATUS_STYLE
+    from bnexp.core.vocab import STATUS_STYLE
 
     return str(status), STATUS_STYLE.get(status or "", "red")
 

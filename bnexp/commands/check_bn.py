@@ -1,6 +1,6 @@
-"""``bnexp check-bn``: does ``bnexp.norm`` still match ``torch.nn.BatchNorm*d``?
+"""``bnexp check-bn``: does ``bnexp.nn.batchnorm`` still match ``torch.nn.BatchNorm*d``?
 
-The command line around :mod:`bnexp.bncheck`, which runs the comparison (and which
+The command line around :mod:`bnexp.nn.check`, which runs the comparison (and which
 ``tests/test_norm.py`` asserts on). Torch and the check are imported inside :func:`check_bn`:
 ``bnexp --help`` must not pay for them.
 """
@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -31,8 +31,8 @@ def check_bn(
     import torch
     from rich.console import Console
 
-    from bnexp.bncheck import TOLERANCE, run_all
-    from bnexp.terminal import Column, FittedTable
+    from bnexp.nn.check import TOLERANCE, run_all
+    from bnexp.views.terminal import Column, FittedTable
 
     if dtype not in TOLERANCE:
         raise BnexpError(f"--dtype {dtype}: valid values are {', '.join(TOLERANCE)}")
@@ -46,7 +46,7 @@ def check_bn(
     rows = [[r.layer, "x".join(map(str, r.shape)), r.config, r.mode, _fmt(r.out_diff), _fmt(r.grad_diff),
              _fmt(r.stat_diff), ("pass", "green") if r.passed else ("FAIL", "bold red")] for r in results]
     console = Console()
-    console.print(FittedTable(columns, rows, title=f"bnexp.norm vs torch.nn, max relative difference ({dtype}, "
+    console.print(FittedTable(columns, rows, title=f"bnexp.nn.batchnorm vs torch.nn, max relative difference ({dtype}, "
                                                    f"{device}, {steps} steps, seed {seed})"))
     tol = TOLERANCE[dtype]
     for r in results:

@@ -8,9 +8,19 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import (console, examples, output_dir_option, output_root, problem, refs_argument,
-                                    short_names, show, status_cell, wide_option)
-from bnexp.errors import BnexpError
+from bnexp.commands._shared import (
+    console,
+    examples,
+    output_dir_option,
+    output_root,
+    problem,
+    refs_argument,
+    short_names,
+    show,
+    status_cell,
+    wide_option,
+)
+from bnexp.core.errors import BnexpError
 
 COMPARE_METRICS = ("best_val_acc", "best_epoch", "val_acc", "val_loss", "train_acc", "train_loss", "epoch", "step")
 # Seed statistics: the final metrics summarized per cell, with the priority of their column.
@@ -21,8 +31,8 @@ SEED_METRICS = (("best_val_acc", 0), ("val_acc", 0), ("val_loss", 1), ("train_ac
 def compare_data(run_dirs: list[Path]) -> tuple[list[dict], list[str], list[str]]:
     """Per run: id, dir, status, duration, flattened config and metrics; the keys that differ; the
     metrics present. A run whose files cannot be read is kept, with the reason as its status note."""
-    from bnexp.registry import differing_keys, load_record, run_config
-    from bnexp.runs import UnreadableFile
+    from bnexp.store.files import UnreadableFile
+    from bnexp.store.registry import differing_keys, load_record, run_config
 
     records = []
     for run_dir in run_dirs:
@@ -40,7 +50,7 @@ def compare_data(run_dirs: list[Path]) -> tuple[list[dict], list[str], list[str]
 
 
 def _best_index(values: list, metric: str) -> Optional[int]:
-    from bnexp.vocab import METRICS, higher_is_better
+    from bnexp.core.vocab import METRICS, higher_is_better
 
     numbers = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float)) and v == v]
     if not numbers or metric not in METRICS:
@@ -51,8 +61,8 @@ def _best_index(values: list, metric: str) -> Optional[int]:
 def compare_table(records: list[dict], keys: list[str], metrics: list[str], names: list[str], wide: bool):
     """Config keys that differ, status, final metrics (the best in bold) and time, a column per run;
     on a narrow terminal the runs continue in blocks below, the key column repeated."""
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.vocab import fmt_number, fmt_seconds
+    from bnexp.core.vocab import fmt_number, fmt_seconds
+    from bnexp.views.terminal import Column, FittedTable
 
     rows = [[(key, "bold"), *[str(r["config"].get(key, "-")) for r in records]] for key in keys]
     rows.append([("status", "bold"), *[status_cell(r["status"]) for r in records]])
@@ -68,7 +78,7 @@ def compare_table(records: list[dict], keys: list[str], metrics: list[str], name
 
 def mean_and_spread(summary) -> str:
     """``0.9100 ± 0.0100``: the spread printed to the mean's decimals; the mean alone for one seed."""
-    from bnexp.vocab import fmt_number
+    from bnexp.core.vocab import fmt_number
 
     if summary is None:
         return "-"
@@ -84,9 +94,9 @@ def seed_tables(records: list[dict], wide: bool) -> list:
     standard deviation of the final metrics over its seeds; for exactly two cells, a second table
     says per metric whether their difference exceeds seed noise (Welch's t-test). No tables when
     no configuration has two seeds."""
-    from bnexp.stats import ALPHA, differing_settings, seed_cells, summarize, welch
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.vocab import fmt_number
+    from bnexp.core.vocab import fmt_number
+    from bnexp.views.stats import ALPHA, differing_settings, seed_cells, summarize, welch
+    from bnexp.views.terminal import Column, FittedTable
 
     readable = [r for r in records if r["config"]]
     cells = seed_cells([r["config"] for r in readable])
@@ -134,7 +144,7 @@ def compare(
     """Runs side by side: the config keys that differ and the final metrics. Runs that differ only
     by seed are summarized per configuration (mean ± std), and two configurations are tested
     against seed noise (Welch's t-test)."""
-    from bnexp.runs import expand
+    from bnexp.store.catalog import expand
 
     run_dirs = expand(refs, output_root(output_dir))
     if len(run_dirs) < 2:

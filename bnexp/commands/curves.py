@@ -12,8 +12,16 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import (console, examples, output_dir_option, output_root, refs_argument, short_names,
-                                    show, wide_option)
+from bnexp.commands._shared import (
+    console,
+    examples,
+    output_dir_option,
+    output_root,
+    refs_argument,
+    short_names,
+    show,
+    wide_option,
+)
 
 PLOT_HEIGHT = 12
 # per-epoch columns: (record key, header, priority)
@@ -25,8 +33,8 @@ EPOCH_COLUMNS = (("epoch", "epoch", 0), ("step", "step", 1), ("train_loss", "tra
 
 def epoch_table(run_id: str, epochs: list[dict], wide: bool):
     """Every epoch of one run: losses, accuracies, learning rate, throughput."""
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.vocab import fmt_number, fmt_rate
+    from bnexp.core.vocab import fmt_number, fmt_rate
+    from bnexp.views.terminal import Column, FittedTable
 
     present = [c for c in EPOCH_COLUMNS if any(c[0] in e for e in epochs)]
     best = max(range(len(epochs)), key=lambda i: epochs[i].get("val_acc", -1.0)) if epochs else None
@@ -41,8 +49,8 @@ def epoch_table(run_id: str, epochs: list[dict], wide: bool):
 
 def side_by_side(names: list[str], histories: list[list[dict]], key: str, wide: bool):
     """One metric of several runs by epoch: a column per run (blocks below on a narrow terminal)."""
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.vocab import fmt_number
+    from bnexp.core.vocab import fmt_number
+    from bnexp.views.terminal import Column, FittedTable
 
     by_epoch = [{e.get("epoch"): e.get(key) for e in epochs} for epochs in histories]
     numbers = sorted({n for h in by_epoch for n in h if isinstance(n, int)})
@@ -55,8 +63,8 @@ def print_curves(run_dirs: list[Path], *, steps: bool = False, wide: bool = Fals
                  names: Optional[list[str]] = None) -> None:
     """The per-epoch table(s) and plots of ``run_dirs``. Per-step training curves with ``steps``, or
     when no run has two epochs to draw a line through."""
-    from bnexp.history import read_history
-    from bnexp.terminal import Series, line_plot
+    from bnexp.store.history import read_history
+    from bnexp.views.terminal import Series, line_plot
 
     names = names or short_names([d.name for d in run_dirs])
     histories = [read_history(d) for d in run_dirs]
@@ -95,7 +103,7 @@ def curves(
 ) -> None:
     """Training curves in the terminal: a per-epoch table and plots of validation accuracy and loss
     for one or several runs (one marker per run; readable without colour)."""
-    from bnexp.runs import expand
+    from bnexp.store.catalog import expand
 
     print_curves(expand(refs, output_root(output_dir)), steps=steps, wide=wide)
 

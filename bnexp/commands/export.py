@@ -16,7 +16,7 @@ import typer
 
 from bnexp.commands import add
 from bnexp.commands._shared import examples, output_dir_option, output_root, refs_argument
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 FORMATS = ("csv", "json")
 
@@ -25,7 +25,7 @@ def export_csv(runs: list[tuple[str, dict[str, list[dict]]]]) -> str:
     """One row per record, columns in first-seen order after ``run``."""
     import csv
 
-    from bnexp.history import flat
+    from bnexp.store.history import flat
 
     rows = [{"run": run_id, **flat(record)} for run_id, history in runs for records in history.values()
             for record in records]
@@ -49,9 +49,10 @@ def export(
     """Export runs' full per-step and per-epoch histories (from metrics.jsonl) as CSV or JSON."""
     import json
 
-    from bnexp.history import KINDS, read_history
-    from bnexp.registry import load_record
-    from bnexp.runs import expand, write_atomic
+    from bnexp.store.catalog import expand
+    from bnexp.store.files import write_atomic
+    from bnexp.store.history import KINDS, read_history
+    from bnexp.store.registry import load_record
 
     if fmt not in FORMATS:
         raise BnexpError(f"--format {fmt}: valid formats are {', '.join(FORMATS)}")

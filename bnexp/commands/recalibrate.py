@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 RECALIBRATED_FILE = "checkpoint.recalibrated.pt"
 
@@ -31,8 +31,9 @@ def recalibrate(
 ) -> None:
     """Recompute the BN running statistics of a trained run ("precise BN") and report validation
     accuracy before and after; the result is saved as a new checkpoint beside the original."""
-    from bnexp.registry import default_root
-    from bnexp.runs import Run, resolve
+    from bnexp.store.catalog import resolve
+    from bnexp.store.registry import default_root
+    from bnexp.store.run import Run
 
     kind, run_dir = resolve(run, Path(output_dir) if output_dir is not None else default_root())
     if kind != "run":
@@ -50,13 +51,15 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
     import torch
     from omegaconf import OmegaConf
 
-    from bnexp.checkpoint import load_checkpoint, restore, save_checkpoint
-    from bnexp.config import dataset_settings, load, load_saved
-    from bnexp.data import load_dataset
-    from bnexp.diagnostics import recalibrate, recalibration_batches
-    from bnexp.models import build_model
-    from bnexp.runs import CHECKPOINT_FILE
-    from bnexp.train import build_optimizer, build_scheduler, evaluate, resolve_device
+    from bnexp.config.compose import dataset_settings, load
+    from bnexp.data.datasets import load_dataset
+    from bnexp.engine.checkpoint import load_checkpoint, restore, save_checkpoint
+    from bnexp.engine.evaluate import evaluate
+    from bnexp.engine.loop import build_optimizer, build_scheduler, resolve_device
+    from bnexp.engine.recalibrate import recalibrate, recalibration_batches
+    from bnexp.nn.models import build_model
+    from bnexp.store.files import CHECKPOINT_FILE
+    from bnexp.store.run import load_saved
 
     cfg, _ = load_saved(run_dir)
     if cfg.norm.kind == "none":
@@ -91,7 +94,7 @@ def _print_table(run_id: str, rows: list[tuple[str, float, float]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bnexp.vocab import fmt_number
+    from bnexp.core.vocab import fmt_number
 
     table = Table(title=f"run {run_id}: validation by BN statistics", title_justify="left")
     table.add_column("statistics", overflow="fold")

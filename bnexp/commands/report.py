@@ -9,8 +9,6 @@ import typer
 
 from bnexp.commands import add
 
-
-
 EPILOG = ("TARGET is a run directory, a run id prefix or name (looked up under --output-dir), or any directory "
           "holding runs (a sweep directory, an output_dir): every run below it is included.\n\n"
           "Output goes to TARGET/report/ for a single target (for an id: the run's or sweep's directory), else to "
@@ -35,7 +33,7 @@ def report(
     Welch's t-test says whether a difference between settings exceeds seed noise."""
     from rich.console import Console
 
-    from bnexp.report import build_report, check_out_dir, collect_run_dirs, default_out_dir
+    from bnexp.views.report import build_report, check_out_dir, collect_run_dirs, default_out_dir
 
     run_dirs = collect_run_dirs(targets, output_dir)
     if out is None:

@@ -15,7 +15,7 @@ import typer
 
 from bnexp.commands import add
 from bnexp.commands._shared import console, examples, output_dir_option, output_root, refs_argument, show
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 STOP_WAIT_S = 30.0  # rm --force: how long a stopped run may take to end before its directory goes
 
@@ -24,7 +24,8 @@ def _removal_targets(refs: list[str], root: Path) -> list[tuple[str, Path, str]]
     """``(kind, path, note)`` for each reference, checked before anything is deleted. A symlink is
     removed itself, never what it points to; a real directory outside the output directory is
     removed only because the user named it, and the prompt says so."""
-    from bnexp.runs import as_directory, is_inside, resolve_all
+    from bnexp.store.catalog import as_directory, resolve_all
+    from bnexp.store.files import is_inside
 
     targets: dict[Path, tuple[str, Path, str]] = {}
     for ref, (kind, path) in zip(refs, resolve_all(refs, root)):
@@ -47,7 +48,9 @@ def _stop_writer(path: Path, force: bool) -> None:
     import socket
     import time
 
-    from bnexp.runs import RUN_FILE, SWEEP_FILE, busy_message, is_locked, iter_run_dirs, read_json_object
+    from bnexp.store.catalog import iter_run_dirs
+    from bnexp.store.files import RUN_FILE, SWEEP_FILE, read_json_object
+    from bnexp.store.lock import busy_message, is_locked
 
     busy = [d for d in [path, *iter_run_dirs(path)] if is_locked(d)] if path.is_dir() and not path.is_symlink() else []
     if not busy:
@@ -75,7 +78,7 @@ def _plural(count: int) -> str:
 
 
 def _empty_trash(root: Path, yes: bool) -> None:
-    from bnexp.trash import list_trash, purge, trash_dir
+    from bnexp.store.trash import list_trash, purge, trash_dir
 
     items = list_trash(root)
     out = console()
@@ -101,8 +104,9 @@ def rm(
     """Move runs or whole sweeps to the trash (<output-dir>/.trash; bnexp restore brings them back),
     after confirmation; --purge deletes for good. Runs being trained are refused (--force stops
     them first); symlinks are removed, never followed."""
-    from bnexp.runs import iter_run_dirs, remove_dir
-    from bnexp.trash import move_to_trash, trash_dir
+    from bnexp.store.catalog import iter_run_dirs
+    from bnexp.store.files import remove_dir
+    from bnexp.store.trash import move_to_trash, trash_dir
 
     root = output_root(output_dir)
     if empty_trash:
@@ -147,8 +151,9 @@ def restore(
 ) -> None:
     """Move runs or sweeps that bnexp rm put in the trash back where they were; without arguments,
     list the trash."""
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.trash import find_trashed, list_trash, restore as put_back, trash_dir
+    from bnexp.store.trash import find_trashed, list_trash, trash_dir
+    from bnexp.store.trash import restore as put_back
+    from bnexp.views.terminal import Column, FittedTable
 
     root = output_root(output_dir)
     items = list_trash(root)

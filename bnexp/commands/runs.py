@@ -1,6 +1,6 @@
 """``bnexp runs``: the table of runs, with filters; ``--json`` for scripts.
 
-It reads the small JSON records only (see :mod:`bnexp.registry`) and never imports torch; like
+It reads the small JSON records only (see :mod:`bnexp.store.registry`) and never imports torch; like
 every command module, this one imports its helpers when a command runs (``--help`` stays instant).
 """
 
@@ -11,13 +11,21 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import (console, output_dir_option, output_root, print_json, problem, show,
-                                    status_cell, wide_option)
-from bnexp.errors import BnexpError
+from bnexp.commands._shared import (
+    console,
+    output_dir_option,
+    output_root,
+    print_json,
+    problem,
+    show,
+    status_cell,
+    wide_option,
+)
+from bnexp.core.errors import BnexpError
 
 
 def _started(record) -> str:
-    from bnexp.runs import parse_time
+    from bnexp.store.files import parse_time
 
     moment = parse_time(record.started)
     return moment.strftime("%m-%d %H:%M") if moment else "-"
@@ -28,9 +36,9 @@ def runs_table(records: list, title: str, wide: bool = False):
     start time (the id holds it too) gives way first, then the overrides (``show RUN`` has them
     all), tags, data and duration. Rendering, not reading, is what thousands of rows cost: cells
     are plain strings, laid out in one pass."""
-    from bnexp.registry import key_overrides, tags_of
-    from bnexp.terminal import Column, FittedTable
-    from bnexp.vocab import fmt_number, fmt_seconds
+    from bnexp.core.vocab import fmt_number, fmt_seconds
+    from bnexp.store.registry import key_overrides, tags_of
+    from bnexp.views.terminal import Column, FittedTable
 
     tagged = any(tags_of(r) for r in records)
     columns = [Column("id"), Column("started", priority=5), Column("model/norm/data", priority=2),
@@ -77,7 +85,7 @@ def runs(
 ) -> None:
     """List runs as a table (newest first), with filters; --json for scripts. On a narrow terminal
     less important columns give way (--wide shows them all)."""
-    from bnexp.registry import check_choices, check_statuses, filter_runs, load_runs, parse_since, sort_runs
+    from bnexp.store.registry import check_choices, check_statuses, filter_runs, load_runs, parse_since, sort_runs
 
     check_statuses(status or [])
     if limit is not None and limit < 0:

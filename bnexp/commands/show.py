@@ -8,8 +8,18 @@ from typing import Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import (console, examples, output_dir_option, output_root, print_json, problem,
-                                    refs_argument, show, status_cell, wide_option)
+from bnexp.commands._shared import (
+    console,
+    examples,
+    output_dir_option,
+    output_root,
+    print_json,
+    problem,
+    refs_argument,
+    show,
+    status_cell,
+    wide_option,
+)
 
 # Final metrics after the accuracies and losses (vocab.METRICS), in this order.
 OTHER_METRICS = ("best_epoch", "epoch", "step", "lr", "examples_per_s", "mean_examples_per_s")
@@ -17,8 +27,8 @@ OTHER_METRICS = ("best_epoch", "epoch", "step", "lr", "examples_per_s", "mean_ex
 
 def run_rows(record) -> list[tuple[str, object]]:
     """What the run is, how it ended, what it is called: the top of ``show``."""
-    from bnexp.registry import tags_of
-    from bnexp.vocab import fmt_seconds
+    from bnexp.core.vocab import fmt_seconds
+    from bnexp.store.registry import tags_of
 
     data = record.dataset if not record.dataset_path else f"{record.dataset} ({record.dataset_path})"
     device = f"{record.device} x {record.nproc} processes" if record.nproc > 1 else record.device
@@ -36,7 +46,7 @@ def run_rows(record) -> list[tuple[str, object]]:
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
-    from bnexp.vocab import METRICS, fmt_number, fmt_rate
+    from bnexp.core.vocab import METRICS, fmt_number, fmt_rate
 
     known = (*METRICS, *OTHER_METRICS)
     order = [m for m in known if m in metrics] + [m for m in metrics if m not in known]
@@ -62,10 +72,11 @@ def repro_rows(repro: dict) -> list[tuple[str, object]]:
 def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
     from rich.syntax import Syntax
 
-    from bnexp.registry import load_record, run_config, with_labels
-    from bnexp.runs import CHECKPOINT_FILE, CONFIG_FILE, UnreadableFile, read_text, sweep_of
-    from bnexp.terminal import key_values
-    from bnexp.vocab import RESUMABLE
+    from bnexp.core.vocab import RESUMABLE
+    from bnexp.store.catalog import sweep_of
+    from bnexp.store.files import CHECKPOINT_FILE, CONFIG_FILE, UnreadableFile, read_text
+    from bnexp.store.registry import load_record, run_config, with_labels
+    from bnexp.views.terminal import key_values
 
     record = with_labels(load_record(run_dir), run_dir)
     record.sweep = sweep_of(run_dir)
@@ -113,12 +124,13 @@ def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
 def _show_sweep(sweep_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
     from rich.text import Text
 
-    from bnexp import sweep as sweeps
-    from bnexp.registry import read_sweep
-    from bnexp.runs import iter_run_dirs
+    from bnexp.store.catalog import iter_run_dirs
+    from bnexp.store.registry import read_sweep
+    from bnexp.store.sweeps import job_rows
+    from bnexp.views.sweep_table import sweep_table
 
     sweep = read_sweep(sweep_dir)
-    rows = sweeps.job_rows(sweep_dir)
+    rows = job_rows(sweep_dir)
     if as_json:
         print_json({**sweep, "dir": str(sweep_dir), "jobs": [r.as_dict() for r in rows]})
         return
@@ -128,7 +140,7 @@ def _show_sweep(sweep_dir: Path, as_json: bool, wide: bool, curves: bool) -> Non
                    f"  launcher {sweep.get('launcher')}, started {sweep.get('started')}, dir {sweep_dir}"))
     if sweep.get("message"):
         out.print(Text(f"  {sweep['message']}"))
-    show(sweeps.table(sweep, rows, sweep.get("metric") or "best_val_acc", wide=wide), wide)
+    show(sweep_table(sweep, rows, sweep.get("metric") or "best_val_acc", wide=wide), wide)
     best = (sweep.get("optuna") or {}).get("best")
     if best:
         out.print(Text(f"best trial {best['trial']}: {sweep.get('metric')} {best['value']:.4f} "
@@ -151,7 +163,7 @@ def show_command(
 ) -> None:
     """Show one run in full (status, name, tags and note, every override, final metrics, how to
     reproduce it, paths, config) or one sweep (its jobs)."""
-    from bnexp.runs import resolve
+    from bnexp.store.catalog import resolve
 
     kind, path = resolve(ref, output_root(output_dir))
     (_show_sweep if kind == "sweep" else _show_run)(path, as_json, wide, curves)

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 EPILOG = "\n\n".join([
     "[bold]Grid[/bold] (Hydra multirun syntax): comma lists, range(), choice(), glob().",
@@ -28,8 +28,8 @@ EPILOG = "\n\n".join([
 def _dry_run(p) -> None:
     from rich.console import Console
 
-    from bnexp.sweep import describe
-    from bnexp.vocab import higher_is_better
+    from bnexp.core.vocab import higher_is_better
+    from bnexp.launch.sweep import describe
 
     console = Console()
     if p.kind == "grid":
@@ -43,7 +43,7 @@ def _dry_run(p) -> None:
         for key, distribution in p.space.items():
             console.print(f"  {key}: {describe(distribution)}", highlight=False)
     if p.launcher == "submitit_slurm":
-        from bnexp.sweep import slurm_script
+        from bnexp.launch.sweep import slurm_script
 
         script, notes = slurm_script(p)
         console.print("\nsbatch script submitit would submit (SWEEP_ID stands for the sweep's id):\n", highlight=False)
@@ -78,8 +78,11 @@ def sweep(
     of one sweep, through Hydra's multirun launchers; ends with a table of all jobs."""
     from rich.console import Console
 
-    from bnexp import sweep as sweeps
-    from bnexp.errors import sigterm_as_interrupt
+    from bnexp.core.errors import sigterm_as_interrupt
+    from bnexp.launch import sweep as sweeps
+    from bnexp.store.registry import read_sweep
+    from bnexp.store.sweeps import job_rows
+    from bnexp.views.sweep_table import sweep_table
 
     overrides = list(overrides or [])
     earlier = study or resume
@@ -111,12 +114,12 @@ def sweep(
         with sigterm_as_interrupt():
             rows = sweeps.run(session)
     except KeyboardInterrupt:
-        console.print(sweeps.table(sweeps.read_sweep(sweep_dir), sweeps.job_rows(sweep_dir), p.metric))
+        console.print(sweep_table(read_sweep(sweep_dir), job_rows(sweep_dir), p.metric))
         console.print(f"[yellow]interrupted[/yellow]; continue with: bnexp sweep --resume {sweep_dir.name}",
                       highlight=False)
         raise typer.Exit(130)
-    summary = sweeps.read_sweep(sweep_dir)
-    console.print(sweeps.table(summary, rows, p.metric))
+    summary = read_sweep(sweep_dir)
+    console.print(sweep_table(summary, rows, p.metric))
     best = (summary.get("optuna") or {}).get("best")
     if best:
         console.print(f"best trial {best['trial']}: {p.metric} {best['value']:.4f} with "

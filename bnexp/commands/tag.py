@@ -1,6 +1,6 @@
 """``bnexp tag`` and ``bnexp note``: label runs so they can be found again (``runs --tag``).
 
-Labels live in each run's ``labels.json`` (see :mod:`bnexp.labels`), so tagging a run that is
+Labels live in each run's ``labels.json`` (see :mod:`bnexp.store.labels`), so tagging a run that is
 training is safe: the trainer never writes that file.
 """
 
@@ -12,7 +12,7 @@ import typer
 
 from bnexp.commands import add
 from bnexp.commands._shared import console, examples, output_dir_option, output_root, refs_argument
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
 
 
 def tag(
@@ -23,8 +23,8 @@ def tag(
 ) -> None:
     """Add tags to a run (or every job of a sweep), or remove them with --remove; without tags,
     print the run's tags. Find tagged runs with bnexp runs --tag TAG."""
-    from bnexp.labels import check_tag, read_labels, update_labels
-    from bnexp.runs import expand
+    from bnexp.store.catalog import expand
+    from bnexp.store.labels import check_tag, read_labels, update_labels
 
     run_dirs = expand([ref], output_root(output_dir))
     out = console()
@@ -49,8 +49,8 @@ def note(
 ) -> None:
     """Attach a free-text note to a run (replacing any earlier one), shown by bnexp show and in
     bnexp runs --json; without text, print it."""
-    from bnexp.labels import read_labels, update_labels
-    from bnexp.runs import resolve
+    from bnexp.store.catalog import resolve
+    from bnexp.store.labels import read_labels, update_labels
 
     kind, run_dir = resolve(ref, output_root(output_dir))
     if kind != "run":

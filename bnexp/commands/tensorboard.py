@@ -26,9 +26,9 @@ def tensorboard(
 
     from rich.console import Console
 
-    from bnexp import dashboard
-    from bnexp.errors import BnexpError, sigterm_as_interrupt
-    from bnexp.registry import default_root
+    from bnexp.core.errors import BnexpError, sigterm_as_interrupt
+    from bnexp.store.registry import default_root
+    from bnexp.views import dashboard
 
     console = Console(stderr=True)
     root = Path(output_dir) if output_dir else default_root()

@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from bnexp.callbacks import Callback
 from bnexp.commands import add
-from bnexp.errors import BnexpError
+from bnexp.core.errors import BnexpError
+from bnexp.engine.callbacks import Callback
 
 
 def groups_epilog() -> str:
@@ -55,8 +55,8 @@ def print_summary(record) -> None:
     throughput collapsed during the run."""
     from rich.console import Console
 
-    from bnexp.terminal import key_values
-    from bnexp.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds
+    from bnexp.core.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds
+    from bnexp.views.terminal import key_values
 
     m = record.metrics
     rows = [("status", (record.status, STATUS_STYLE.get(record.status, "red"))),
@@ -88,9 +88,9 @@ def print_summary(record) -> None:
 def throughput_hint(record) -> Optional[str]:
     """One line when some epoch (the first aside: it warms up) ran at under a third of the best
     epoch's throughput: other processes were competing for the CPU cores."""
-    from bnexp.history import read_history
-    from bnexp.runs import UnreadableFile
-    from bnexp.vocab import fmt_rate
+    from bnexp.core.vocab import fmt_rate
+    from bnexp.store.files import UnreadableFile
+    from bnexp.store.history import read_history
 
     try:
         epochs = read_history(record.dir, ["epoch"])["epoch"] if record.dir else []
@@ -124,8 +124,11 @@ def resume_config(overrides: list[str], cfg):
     """The saved config of the run named by ``resume=``, with a longer ``epochs``/``max_steps`` if
     given (a finished run trains on); any other override is refused, since it would change what
     the checkpoint was trained as."""
-    from bnexp.config import EXTENDABLE_KEYS, load_saved, override_value
-    from bnexp.runs import read_record, resolve
+    from bnexp.config.compose import override_value
+    from bnexp.config.schema import EXTENDABLE_KEYS
+    from bnexp.store.catalog import resolve
+    from bnexp.store.record import read_record
+    from bnexp.store.run import load_saved
 
     given = [o for o in overrides if not o.startswith("resume=")]
     others = [o for o in given if o.split("=", 1)[0].lstrip("+") not in EXTENDABLE_KEYS]
@@ -162,8 +165,8 @@ def train(
     (e.g. model=lenet norm=custom optimizer.lr=0.5)."""
     from omegaconf import OmegaConf
 
-    from bnexp.config import load
-    from bnexp.errors import sigterm_as_interrupt
+    from bnexp.config.compose import load
+    from bnexp.core.errors import sigterm_as_interrupt
 
     overrides = list(overrides or [])
     cfg = load(overrides)
@@ -173,7 +176,7 @@ def train(
     if show_cfg:
         typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
         return
-    from bnexp.train import train as run_training
+    from bnexp.launch.trainer import train as run_training
 
     with sigterm_as_interrupt():
         record = run_training(cfg, overrides, resume=resume_dir, progress=not quiet,

@@ -1,0 +1,230 @@
+"""Compose the Hydra config for a run, check it against a typed schema, and validate values.
+
+Everything here fails with a one-line :class:`BnexpError` *before* any work starts, so a bad
+override never leaves a run directory behind. Nothing here imports torch. The schema (every
+default) is :mod:`bnexp.config.schema`; the tables of swappable parts :mod:`bnexp.config.groups`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.config.groups import (
+    ACTIVATIONS,
+    DATASETS,
+    DEVICES,
+    INITS,
+    MODELS,
+    NORMS,
+    OPTIMIZERS,
+    SCHEDULES,
+    config_dir,
+    group_options,
+)
+from bnexp.config.schema import MAX_NAME, DatasetConfig, RunConfig, register_schemas
+from bnexp.core.errors import BnexpError
+
+
+def _root_schema() -> DictConfig:
+    return OmegaConf.structured(RunConfig)
+
+
+def one_line(text: Any) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def _hydra_error(exc: Exception, overrides: list[str]) -> BnexpError:
+    """Turn Hydra's multi-line composition errors into a one-line message naming the valid values."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException):
+        match = re.search(r"Could not find '([^']+)/([^']+)'", str(exc))
+        if match:
+            group, name = match.group(1), match.group(2)
+            valid = ", ".join(exc.options or group_options(group))
+            return BnexpError(f"{group}={name}: no such option; valid {group} options: {valid}")
+        return BnexpError(one_line(exc))
+    if isinstance(exc, OverrideParseException):
+        return BnexpError(f"malformed override: {one_line(exc)} (expected key=value, e.g. model=lenet)")
+    from omegaconf.errors import ValidationError
+
+    if isinstance(exc.__cause__, ValidationError):
+        cause = exc.__cause__
+        return BnexpError(f"{cause.full_key}={cause.value!r}: expected {_expected(cause)}")
+    message = one_line(exc)
+    match = re.search(r"Could not override '([^']+)'", message) or re.search(
+        r"Key '([^']+)' (?:is not in struct|not in)", message
+    )
+    if match:
+        return unknown_key(match.group(1))
+    return BnexpError(f"invalid overrides {' '.join(overrides)}: {message}")
+
+
+def unknown_key(key: str) -> BnexpError:
+    """``unknown config key 'model.depth'; valid keys under model: ...`` from the schema."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(_root_schema(), parent) if parent else _root_schema()
+    valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    return BnexpError(f"unknown config key '{key}'; valid keys{' under ' + parent if parent else ''}: "
+                      f"{', '.join(valid)}")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item and not item.startswith("~"):
+            raise BnexpError(f"malformed override '{item}': expected key=value (e.g. model=lenet)")
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, then type-check it against the schema."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    check_overrides(overrides)
+    GlobalHydra.instance().clear()
+    register_schemas()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+    except Exception as exc:  # Hydra reports everything through a handful of exception types
+        raise _hydra_error(exc, overrides) from exc
+    return check_schema(cfg)
+
+
+def check_schema(cfg: DictConfig | dict) -> DictConfig:
+    """Merge onto the typed schema: wrong types and unknown keys become one-line errors."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain.pop("hydra", None)
+    try:
+        merged = OmegaConf.merge(_root_schema(), plain)
+    except ConfigKeyError as exc:
+        raise unknown_key(exc.full_key) from exc
+    except ValidationError as exc:
+        raise BnexpError(f"{exc.full_key}={exc.value!r}: expected {_expected(exc)}") from exc
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def _expected(exc: Exception) -> str:
+    """'an integer', 'a number', ... from OmegaConf's "could not be converted to Integer" message."""
+    match = re.search(r"(?:converted to|is not a valid) (\w+)", str(exc))
+    words = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+             "String": "a string"}
+    return words.get(match.group(1), match.group(1)) if match else one_line(exc).split(" full_key")[0]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise BnexpError(message)
+
+
+def _choice(key: str, value: str, valid) -> None:
+    _require(value in valid, f"{key}={value}: valid values are {', '.join(valid)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values a type cannot express; every failure names the key, the value and what is valid."""
+    m, n, o = cfg.model, cfg.norm, cfg.optimizer
+    _choice("model", m.name, MODELS)
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    _choice("model.init", m.init, INITS)
+    _require(all(h >= 1 for h in m.hidden_sizes), f"model.hidden_sizes={list(m.hidden_sizes)}: sizes must be >= 1")
+    convs = len(MODELS[m.name].convs)
+    _require(convs or len(m.hidden_sizes) >= 1, f"model.hidden_sizes=[]: an {m.name} needs at least one hidden layer")
+    _require(not convs or len(m.channels) == convs,
+             f"model.channels={list(m.channels)}: {m.name} takes exactly {convs} conv widths, e.g. [6,16]")
+    _require(all(c >= 1 for c in m.channels), f"model.channels={list(m.channels)}: widths must be >= 1")
+    _require(m.init_std > 0, f"model.init_std={m.init_std}: must be > 0")
+    _choice("norm", n.kind, NORMS)
+    _require(n.eps > 0, f"norm.eps={n.eps}: must be > 0")
+    _require(n.momentum is None or 0 <= n.momentum <= 1, f"norm.momentum={n.momentum}: must be in [0, 1] or null")
+    _require(n.ghost_batch_size is None or n.ghost_batch_size >= 2,
+             f"norm.ghost_batch_size={n.ghost_batch_size}: must be >= 2 (examples per virtual batch) or null")
+    _require(not (n.sync and n.ghost_batch_size),
+             "norm.sync=true with norm.ghost_batch_size: pick one (synchronized statistics span the global "
+             "batch, ghost statistics a part of the local one)")
+    _choice("optimizer", o.name, OPTIMIZERS)
+    _require(o.lr > 0, f"optimizer.lr={o.lr}: must be > 0")
+    _require(o.momentum >= 0, f"optimizer.momentum={o.momentum}: must be >= 0")
+    _require(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay}: must be >= 0")
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+             f"optimizer.betas={list(o.betas)}: two values in [0, 1)")
+    _choice("optimizer.schedule", o.schedule, SCHEDULES)
+    _choice("device", cfg.device.type, DEVICES)
+    validate_dataset(cfg.dataset)
+    _require(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
+    _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps={cfg.max_steps}: must be >= 1 or null")
+    _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
+    _require(cfg.batch_size >= 2 or n.kind == "none",
+             f"batch_size={cfg.batch_size} with norm={n.kind}: batch norm needs at least 2 examples per "
+             "training batch; use batch_size>=2 or norm=none")
+    _require(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
+    _require(cfg.nproc >= 1, f"nproc={cfg.nproc}: must be >= 1 (processes of data-parallel training)")
+    _require(cfg.batch_size % cfg.nproc == 0,
+             f"batch_size={cfg.batch_size} with nproc={cfg.nproc}: the global batch must split evenly "
+             f"over the processes; use a multiple of {cfg.nproc}")
+    _require(cfg.recalibrate_batches >= 0,
+             f"recalibrate_batches={cfg.recalibrate_batches}: must be >= 0 (0 turns recalibration off)")
+    _require(cfg.log_every_steps >= 1, f"log_every_steps={cfg.log_every_steps}: must be >= 1")
+    _require(cfg.hist_every_steps >= 0, f"hist_every_steps={cfg.hist_every_steps}: must be >= 0 (0 turns it off)")
+    _require(cfg.log_channels >= 0, f"log_channels={cfg.log_channels}: must be >= 0")
+    _require(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1 or null")
+    validate_name("name", cfg.name)
+
+
+def validate_name(key: str, name: Optional[str]) -> None:
+    """A label that becomes part of a directory name: short, and made of safe characters."""
+    if name is None:
+        return
+    _require(re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", name) is not None,
+             f"{key}={name}: use letters, digits, '.', '_' and '-' only (not starting with '-')")
+    _require(len(name) <= MAX_NAME, f"{key}={name[:20]}...: {len(name)} characters; at most {MAX_NAME}")
+
+
+def validate_dataset(d: DictConfig | DatasetConfig) -> None:
+    """Values of the dataset node (the files themselves are checked when loading)."""
+    _require(d.name in DATASETS, f"dataset={d.name}: unknown dataset; valid datasets: {', '.join(DATASETS)}")
+    for key in ("limit_train", "limit_val"):
+        value = getattr(d, key)
+        _require(value is None or value >= 1, f"dataset.{key}={value}: must be >= 1 or null (null keeps every image)")
+    _require(0 < d.val_fraction < 1, f"dataset.val_fraction={d.val_fraction}: must be between 0 and 1 (exclusive)")
+    _require(d.image_size >= 1, f"dataset.image_size={d.image_size}: must be >= 1 (pixels per side)")
+
+
+def load(overrides: list[str]) -> DictConfig:
+    """Compose and validate: the single entry point for turning CLI overrides into a run config."""
+    cfg = compose(overrides)
+    validate(cfg)
+    return cfg
+
+
+def dataset_settings(cfg: DictConfig) -> DatasetConfig:
+    """The checked ``dataset`` node of a run config as its dataclass."""
+    return OmegaConf.to_object(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset
+
+
+def override_value(overrides: list[str], key: str) -> Optional[str]:
+    """The value the last ``key=...`` override gives (``experiment=mlp_mnist`` -> ``mlp_mnist``)."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return values[-1] if values else None
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """``{'optimizer.lr': 0.1, ...}``: scalar leaves of the config, lists as strings (for HParams/tables)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        elif isinstance(value, (list, tuple)):
+            flat[path] = str(list(value))
+        else:
+            flat[path] = value
+    return flat

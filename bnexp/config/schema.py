@@ -1,0 +1,109 @@
+"""The typed schema of a run config: one dataclass per group, registered in Hydra's ConfigStore so
+every group's YAML extends it. The one home of every default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+MAX_NAME = 64  # longest name= label: a run id must stay well inside a file name's 255 bytes
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hidden_sizes: List[int] = field(default_factory=list)
+    channels: List[int] = field(default_factory=list)
+    activation: str = "relu"
+    init: str = "default"
+    init_std: float = 0.01  # used by init=normal
+
+
+@dataclass
+class NormConfig:
+    kind: str = MISSING
+    eps: float = 1e-5
+    momentum: Optional[float] = 0.1
+    compile: bool = False
+    ghost_batch_size: Optional[int] = None  # statistics over virtual batches of this size (Hoffer et al. 2017)
+    sync: bool = False  # with nproc > 1: statistics over the global batch (all ranks)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "constant"
+
+
+@dataclass
+class DeviceConfig:
+    type: str = "auto"
+
+
+DEFAULT_DATA_ROOT = "${oc.env:BNEXP_DATA_DIR,'~/.cache/bnexp/data'}"
+
+
+@dataclass
+class DatasetConfig:
+    """The ``dataset`` node: the union of all datasets' keys; each uses its own."""
+
+    name: str = "digits"
+    limit_train: Optional[int] = None  # keep the first K training images (null: all)
+    limit_val: Optional[int] = None  # keep the first K validation images (null: all)
+    val_fraction: float = 0.2  # digits, idx: share of the images held out for validation
+    split_seed: int = 0  # digits, idx: seed of the train/validation shuffle
+    image_size: int = 28  # digits: 8x8 images are resized to this so every model accepts them
+    root: str = DEFAULT_DATA_ROOT  # mnist, fashion_mnist, cifar10: where torchvision keeps the files
+    download: bool = True  # mnist, fashion_mnist, cifar10: fetch missing files
+    path: Optional[str] = None  # idx: directory with one *images*idx3-ubyte[.gz] and one *labels*idx1-ubyte[.gz]
+    images: Optional[str] = None  # idx: explicit images file (instead of path)
+    labels: Optional[str] = None  # idx: explicit labels file (instead of path)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    epochs: int = 5
+    max_steps: Optional[int] = None
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    seed: int = 0
+    threads: Optional[int] = None
+    nproc: int = 1
+    recalibrate_batches: int = 0
+    log_every_steps: int = 10
+    hist_every_steps: int = 100
+    log_channels: int = 16
+    checkpoint: bool = True
+    output_dir: str = "outputs"
+    name: Optional[str] = None
+    resume: Optional[str] = None
+    description: str = ""
+
+
+GROUP_SCHEMAS = {"model": ModelConfig, "norm": NormConfig, "optimizer": OptimizerConfig, "device": DeviceConfig,
+                 "dataset": DatasetConfig}
+
+
+# What may change when a run is continued (resume=RUN epochs=N): how long it trains.
+EXTENDABLE_KEYS = ("epochs", "max_steps")
+
+
+def register_schemas() -> None:
+    """Put the group schemas in Hydra's ConfigStore as ``schema/<group>``: each group's YAML
+    extends its schema, so any schema key can be overridden (``norm.momentum=0.01`` even with
+    ``norm=none``) and Hydra type-checks the value while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, node in GROUP_SCHEMAS.items():
+        store.store(group="schema", name=group, node=node)

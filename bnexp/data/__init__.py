@@ -1,0 +1,1 @@
+"""Layer 5, data: datasets held as tensors on the training device."""

@@ -1,0 +1,225 @@
+"""The shared training loop: every model, norm and dataset goes through :func:`run_loop` (started by
+:func:`bnexp.launch.trainer.train`).
+
+The data live on the target device as tensors; each step indexes a shuffled permutation,
+normalizes the batch in one op and runs forward/backward/step. Shuffling is seeded per epoch,
+so a run resumed from its checkpoint sees exactly the batches an uninterrupted run would.
+Everything that watches training (run record, TensorBoard, progress bar, checkpoints,
+diagnostics) is a listener (:mod:`bnexp.engine.callbacks`); the loop itself fits on one screen.
+With ``nproc`` > 1 the same loop runs in every process of a data-parallel run, each on its shard
+of every batch (``loop.ranks``, :mod:`bnexp.engine.ranks`); only rank 0 has listeners.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from bnexp.config.groups import OPTIMIZERS, import_object
+from bnexp.core.errors import BnexpError, Diverged, describe_error
+from bnexp.engine.callbacks import Callbacks, Outcome, TrainLog
+from bnexp.engine.evaluate import evaluation_sums
+from bnexp.engine.state import Loop
+
+
+def resolve_device(kind: str) -> torch.device:
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BnexpError("device=cuda: CUDA is not available on this machine; use device=cpu or device=auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise BnexpError("device=mps: MPS is not available on this machine; use device=cpu or device=auto")
+    return torch.device(kind)
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.name`` names in :data:`bnexp.config.groups.OPTIMIZERS`, given the keys it takes."""
+    dotted, keys = OPTIMIZERS[cfg.name]
+    kwargs = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in keys}
+    return import_object(dotted)(params, **kwargs)
+
+
+def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_size: int) -> list[torch.Tensor]:
+    """Global index batches for one epoch (the same on every rank); a last batch of fewer than
+    ``min_size`` examples (:func:`smallest_batch`) is dropped."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    batches = list(order.split(batch_size))
+    if len(batches[-1]) < min_size:
+        batches.pop()
+    return batches
+
+
+def smallest_batch(cfg: DictConfig) -> int:
+    """The fewest examples a training batch may hold: one per rank, two per rank for BN with
+    per-replica statistics (one example has none), two in all for synchronized BN."""
+    uses_bn = cfg.norm.kind != "none"
+    per_rank = 2 if uses_bn and not cfg.norm.sync else 1
+    return max(per_rank * cfg.nproc, 2 if uses_bn else 1)
+
+
+@dataclass
+class Window:
+    """Running sums since the last training log."""
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    time: float = field(default_factory=time.perf_counter)
+
+
+def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
+    """Epochs until done, then ``on_end`` with how it went. Exceptions other than Ctrl-C and
+    divergence are recorded as ``failed`` and re-raised."""
+    outcome = Outcome()
+    loop.listeners = listeners
+    try:
+        loop.compile_s = _maybe_compile(loop)
+        listeners.on_start(loop)
+        for epoch in range(loop.progress.epoch, loop.epochs):
+            loop.epoch = epoch + 1
+            train_epoch(loop, listeners)
+            val_loss, val_acc = validate(loop)
+            p = loop.progress
+            p.epoch = loop.epoch
+            if val_acc > p.best_val_acc:
+                p.best_val_acc, p.best_epoch = val_acc, p.epoch
+            with loop.ranks.local_statistics(loop.module):  # listeners run on rank 0 alone
+                extra = listeners.on_validation(loop)
+            p.metrics.update(val_loss=val_loss, val_acc=val_acc, **extra,
+                             best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step,
+                             mean_examples_per_s=mean_rate(p.metrics, p.epoch))
+            listeners.on_epoch(loop, {"kind": "epoch", **p.metrics})
+        outcome = Outcome("completed")
+    except Diverged as exc:
+        outcome = Outcome("diverged", str(exc))
+    except KeyboardInterrupt:
+        where = loop.run.path if loop.run else "RUN"
+        outcome = Outcome("interrupted", f"stopped at step {loop.progress.step} (epoch {loop.epoch} of "
+                                         f"{loop.epochs}); continue with: bnexp train resume={where}")
+    except BaseException as exc:
+        outcome = Outcome("failed", describe_error(exc))
+        listeners.on_end(loop, outcome)
+        if isinstance(exc, (OSError, BnexpError)):  # a full disk, bad data: one line, the run says why
+            raise BnexpError(outcome.message + "".join(f"; {n}" for n in outcome.notes)) from exc
+        raise
+    listeners.on_end(loop, outcome)
+    return outcome
+
+
+def mean_rate(metrics: dict, epochs: int) -> float:
+    """Throughput over epochs 1..``epochs``: the harmonic mean of their rates (total examples over
+    total time, epochs being the same size), updated from the previous epochs' mean."""
+    rate, before = metrics["examples_per_s"], metrics.get("mean_examples_per_s")
+    return rate if not before or epochs < 2 else epochs / ((epochs - 1) / before + 1 / rate)
+
+
+def validate(loop: Loop) -> tuple[float, float]:
+    """Validation loss and accuracy with running statistics. With several ranks, each scores its
+    share of the validation set with rank 0's statistics and the sums are added up."""
+    ranks, data = loop.ranks, loop.data
+    ranks.broadcast_buffers(loop.module)
+    part = ranks.part(len(data.val_x))
+    sums = evaluation_sums(loop.module, data, data.val_x[part], data.val_y[part], loop.cfg.eval_batch_size)
+    loss_sum, correct = ranks.sum(*sums)
+    return loss_sum / max(len(data.val_x), 1), correct / max(len(data.val_x), 1)
+
+
+def train_epoch(loop: Loop, listeners: Callbacks) -> None:
+    """One pass over the shuffled training set, each rank on its shard of every batch. Loss/accuracy
+    sums stay on the device; the host syncs (and the ranks add up their sums) only at log steps,
+    where a non-finite running loss stops the run as diverged."""
+    cfg, data, p = loop.cfg, loop.data, loop.progress
+    log_every = int(cfg.log_every_steps)  # read once: OmegaConf lookups cost ~20 us each
+    loop.model.train()
+    loss_sum = torch.zeros((), device=loop.device)
+    correct = torch.zeros((), device=loop.device, dtype=torch.long)
+    seen, last = 0, Window()
+    epoch_start = last.time
+    for batch in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.min_batch):
+        if p.step >= loop.total_steps:
+            break
+        idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
+        x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
+        loop.hist_due = loop.record_every > 0 and (p.step == 0 or (p.step + 1) % loop.record_every == 0)
+        logits = loop.model(x)
+        summed = F.cross_entropy(logits, y, reduction="sum")
+        loss = summed / (len(batch) / loop.ranks.size)  # DDP averages over ranks: the global batch's mean
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        p.step += 1
+        seen += len(batch)
+        loss_sum += summed.detach()
+        correct += (logits.detach().argmax(1) == y).sum()
+        listeners.on_step(loop)
+        if p.step % log_every == 0 or p.step == loop.total_steps:
+            now = time.perf_counter()
+            total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
+            window = seen - last.seen
+            _check_finite(total_loss, loop)
+            listeners.on_log(loop, TrainLog(step=p.step, epoch=loop.epoch,
+                                            loss=(total_loss - last.loss_sum) / window,
+                                            acc=(total_correct - last.correct) / window,
+                                            lr=loop.scheduler.get_last_lr()[0],
+                                            examples_per_s=window / max(now - last.time, 1e-9)))
+            last = Window(seen, total_loss, total_correct, now)
+    loop.hist_due = False
+    elapsed = time.perf_counter() - epoch_start
+    total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
+    train_loss = total_loss / max(seen, 1)
+    _check_finite(train_loss, loop)
+    p.metrics.update(train_loss=train_loss, train_acc=total_correct / max(seen, 1),
+                     lr=loop.scheduler.get_last_lr()[0], examples_per_s=seen / max(elapsed, 1e-9))
+
+
+def _check_finite(loss: float, loop: Loop) -> None:
+    if not math.isfinite(loss):
+        raise Diverged(f"loss became {loss} by step {loop.progress.step} (epoch {loop.epoch}); "
+                       f"try a lower optimizer.lr (now {loop.cfg.optimizer.lr})")
+
+
+def _maybe_compile(loop: Loop) -> float:
+    """Switch custom BN layers to their torch.compile'd path and compile them up front (train and
+    eval graphs) on a real batch, so the one-off cost is measured and shown rather than hidden in
+    the first step. Parameters and BN buffers are restored afterwards: the warm-up leaves no trace."""
+    cfg, model = loop.cfg, loop.module
+    if cfg.norm.kind != "custom" or not cfg.norm.compile:
+        return 0.0
+    import copy
+
+    from bnexp.nn.batchnorm import compile_batch_norms
+
+    started = time.perf_counter()
+    compile_batch_norms(model)
+    saved = copy.deepcopy(model.state_dict())
+    x = loop.data.normalize(loop.data.train_x[: cfg.batch_size])
+    model(x).sum().backward()
+    with torch.no_grad():
+        model.eval()
+        model(x)
+        model.train()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory of a training run
+
+

@@ -1,0 +1,155 @@
+"""Inside a worker of a data-parallel run: this process's place among the ranks (:class:`Ranks`),
+joining the process group, and agreeing on a stop. With one process every method is a no-op."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bnexp.core.errors import BnexpError
+
+# What init_process_group(init_method="env://") reads; torchrun and bnexp's launcher set them all.
+WORKER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+_stop = {"requested": False, "parent": None}  # this worker's stop request; the pid of its launcher
+
+
+def in_worker() -> bool:
+    """Whether this process is one rank of a process group a launcher started (torchrun's variables)."""
+    return all(key in os.environ for key in WORKER_ENV)
+
+
+@dataclass
+class Ranks:
+    """This process's place among the data-parallel processes of a run; one process is rank 0 of 1,
+    for which every method is a no-op, so the training loop has no branch for it."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    size: int = 1
+    backend: Optional[str] = None  # gloo | nccl
+    own_group: Any = None  # a process group of this rank alone (see local_statistics)
+
+    def part(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` items: sizes differ by at most one, the larger
+        first (``tensor_split``), so rank r of N holds items ``[r*n/N, (r+1)*n/N)`` of an even split."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[self.part(len(batch))]
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """What the training step calls: ``DistributedDataParallel`` around the model with several
+        ranks (it starts every rank from rank 0's weights and averages gradients), else the model."""
+        if self.size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def sum(self, *values: torch.Tensor) -> list[float]:
+        """Each (scalar) value summed over the ranks, as floats. Every rank calls this at the same
+        points (log steps, epoch ends), so it is also where a stop is agreed on: when any rank was
+        asked to stop, every rank raises KeyboardInterrupt here, at the same step."""
+        totals = torch.stack([v.detach().to(torch.float64).reshape(()) for v in values])
+        if self.size == 1:
+            return totals.tolist()
+        totals = torch.cat([totals, totals.new_tensor([float(stop_requested())])])
+        dist.all_reduce(totals)
+        *sums, stops = totals.tolist()
+        if stops:
+            raise KeyboardInterrupt
+        return sums
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BN running statistics) on every rank: what DDP does before each
+        training forward, done before evaluating, so every rank scores with the same statistics."""
+        if self.size > 1:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    @contextlib.contextmanager
+    def local_statistics(self, module: nn.Module) -> Iterator[None]:
+        """Inside, synchronized BN layers take training statistics over this rank's batches alone:
+        for model passes that only rank 0 makes (listeners such as the train/eval-gap diagnostics),
+        which would otherwise wait forever for the other ranks' statistics."""
+        layers = [m for m in module.modules() if isinstance(m, nn.SyncBatchNorm) or getattr(m, "sync", False) is True]
+        saved = [(m, m.process_group) for m in layers]
+        if self.size > 1:
+            for m in layers:
+                m.process_group = self.own_group
+        try:
+            yield
+        finally:
+            for m, group in saved:
+                m.process_group = group
+
+    def describe(self) -> dict:
+        """For the run record's ``repro``: how many processes, connected how."""
+        return {"processes": self.size, "backend": self.backend} if self.size > 1 else {}
+
+
+def stop_requested() -> bool:
+    """Asked to stop: a SIGINT/SIGTERM reached this worker, or its launcher (the parent) is gone."""
+    parent = _stop["parent"]
+    return _stop["requested"] or (parent is not None and os.getppid() != parent)
+
+
+def _request_stop(signum, frame) -> None:
+    _stop["requested"] = True
+
+
+@contextlib.contextmanager
+def joined(cfg, device: torch.device) -> Iterator[Ranks]:
+    """This process as one rank of the run's process group, for the duration of the block; outside
+    a launcher (one process) simply :class:`Ranks` of one. Joining sets the backend (NCCL on CUDA,
+    one GPU per local rank; gloo otherwise), the CPU threads (``threads``, or the cores shared out
+    between the local ranks) and turns SIGINT/SIGTERM into a stop request (see :meth:`Ranks.sum`)."""
+    size = int(os.environ["WORLD_SIZE"]) if in_worker() else 1
+    if size != cfg.nproc:
+        raise BnexpError(f"nproc={cfg.nproc}, but the launcher started {size} processes (WORLD_SIZE={size}); "
+                         f"use nproc={size}")
+    if size == 1:
+        yield Ranks(device=device)
+        return
+    check_device(device, cfg.nproc)
+    local_rank, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if cfg.threads is None:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _stop.update(requested=False, parent=os.getppid())
+    try:
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+        try:
+            own_group, _ = dist.new_subgroups(group_size=1)
+            yield Ranks(device=device, rank=dist.get_rank(), size=size, backend=backend, own_group=own_group)
+        finally:
+            dist.destroy_process_group()
+    finally:
+        _stop.update(requested=False, parent=None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def check_device(device: torch.device, nproc: int) -> None:
+    """Several processes train on CPU (gloo) or on one CUDA GPU each (NCCL)."""
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise BnexpError(f"nproc={nproc} with device=cuda: this machine has {torch.cuda.device_count()} GPU(s) and "
+                         "NCCL needs one per process; use a smaller nproc, or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise BnexpError(f"nproc={nproc} with device={device.type}: several processes train on cpu (gloo) or "
+                         "cuda (nccl); use device=cpu or device=cuda")

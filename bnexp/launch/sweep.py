@@ -1,0 +1,709 @@
+"""Sweeps: a grid through Hydra's own multirun machinery, or an Optuna search launched the same way.
+
+A grid is parsed by Hydra's override grammar (comma lists, ``range()``, ``choice()``, ``glob()``),
+expanded by its ``BasicSweeper`` and run by a launcher plugin (``hydra/launcher=basic|joblib|
+submitit_local|submitit_slurm``). An Optuna search (``--trials N``) reads ``interval()``,
+``tag(log, interval())``, ``range()`` and choices from the same grammar, asks the study for one
+batch of trials at a time and hands each batch to the same launcher, so parallel and Slurm trials
+work exactly as grid jobs do. The study lives in ``study.db`` (SQLite) inside the sweep directory,
+so an interrupted search continues where it stopped.
+
+Layout: ``<output_dir>/sweeps/<sweep id>/`` holds ``sweep.json`` (what was asked, the launcher,
+every job's outcome), Hydra's ``multirun.yaml`` and one sub-directory per job
+``<sweep id>-<job number>-<model>-<norm>``, each an ordinary run directory.
+
+Hydra is imported inside the functions: the registry commands import this module for its tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from bnexp.config.compose import one_line, validate_name
+from bnexp.core.errors import BnexpError
+from bnexp.core.vocab import OBJECTIVES, fmt_seconds, higher_is_better, is_plumbing
+from bnexp.engine.callbacks import Callback
+from bnexp.store.catalog import iter_run_dirs, resolve
+from bnexp.store.files import CHECKPOINT_FILE, RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, write_json
+from bnexp.store.lock import DirLock, busy_message, is_locked, owner_info
+from bnexp.store.record import RunRecord, read_record
+from bnexp.store.registry import load_record, override_key, read_sweep
+from bnexp.store.run import Run, unique_dir
+from bnexp.store.sweeps import job_number, job_rows
+from bnexp.tracking.hparams import write_sweep_experiment
+
+SAMPLERS = ("tpe", "random")
+# Hydra logs nothing itself (the sweep prints its own lines) and jobs keep the working directory.
+HYDRA_DEFAULTS = {"hydra/job_logging": "none", "hydra/hydra_logging": "none", "hydra.job.chdir": "false"}
+# Launcher setting that `--jobs N` sets: how many jobs run at once.
+PARALLEL_SETTING = {"joblib": "n_jobs", "submitit_slurm": "array_parallelism"}
+
+
+@dataclass
+class Plan:
+    """A sweep checked end to end (every swept value composed and validated) and ready to launch."""
+
+    kind: str  # grid | optuna
+    overrides: list[str]  # bnexp overrides as given (with sweep syntax)
+    hydra_overrides: list[str]  # Hydra overrides: the launcher and its settings
+    launcher: str
+    jobs_at_once: int
+    metric: str
+    swept: list[str]  # keys whose value varies between jobs
+    fixed: list[str]  # overrides every job shares
+    grid: list[list[str]] = field(default_factory=list)  # grid: each job's overrides
+    space: dict[str, str] = field(default_factory=dict)  # optuna: key -> distribution as JSON
+    trials: int = 0  # optuna: trials the study should reach
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    output_dir: str = "outputs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: parse, expand and validate before anything is written
+
+
+def _search_path():
+    from hydra._internal.utils import create_config_search_path
+
+    from bnexp.config.groups import config_dir
+
+    return create_config_search_path(f"file://{config_dir()}")
+
+
+def _parse(overrides: list[str], loader) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create(config_loader=loader).parse_overrides(overrides)
+    except HydraException as exc:
+        raise BnexpError(f"malformed override: {one_line(exc)}") from None
+
+
+def _launcher(hydra_overrides: list[str], launcher: Optional[str], jobs: Optional[int], loader) -> tuple[str, list[str]]:
+    """The launcher name and the Hydra overrides that select and size it."""
+    chosen = [o.split("=", 1)[1] for o in hydra_overrides if override_key(o) == "hydra/launcher"]
+    if launcher and chosen and chosen[-1] != launcher:
+        raise BnexpError(f"--launcher {launcher} contradicts hydra/launcher={chosen[-1]}; give one of them")
+    name = launcher or (chosen[-1] if chosen else ("joblib" if jobs and jobs > 1 else "basic"))
+    valid = loader.get_group_options("hydra/launcher")
+    if name not in valid:
+        raise BnexpError(f"hydra/launcher={name}: no such launcher; installed launchers: {', '.join(valid)}")
+    result = list(hydra_overrides) + ([] if chosen else [f"hydra/launcher={name}"])
+    if jobs is not None:
+        if jobs < 1:
+            raise BnexpError(f"--jobs {jobs}: must be >= 1")
+        if name == "basic" and jobs > 1:
+            raise BnexpError("hydra/launcher=basic runs one job at a time; use --launcher joblib for --jobs > 1")
+        if name in PARALLEL_SETTING:
+            result.append(f"hydra.launcher.{PARALLEL_SETTING[name]}={jobs}")
+    return name, result
+
+
+def joblib_workers(n_jobs: int) -> int:
+    """joblib's reading of n_jobs: -1 is every core, -2 all but one, ..."""
+    cores = os.cpu_count() or 1
+    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+
+
+def threads_per_job(launcher_cfg) -> Optional[int]:
+    """Torch threads for one job, so parallel jobs share the cores instead of oversubscribing them."""
+    target = str(launcher_cfg.get("_target_", ""))
+    if "joblib" in target:
+        return max(1, (os.cpu_count() or 1) // joblib_workers(int(launcher_cfg.n_jobs)))
+    if "submitit" in target:  # local jobs all start at once; Slurm gives each job cpus_per_task
+        return launcher_cfg.get("cpus_per_task") or (1 if "LocalLauncher" in target else None)
+    return None
+
+
+def _alternatives(parsed: list, kind: str, base_types: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
+    """Per override, the override strings it can take (one for a fixed value), and for a search the
+    Optuna distribution of each swept key."""
+    import optuna.distributions as od
+    from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
+
+    alternatives, space = [], {}
+    for o in parsed:
+        if not o.is_sweep_override():
+            alternatives.append([o.input_line])
+            continue
+        key, value = o.get_key_element(), o.value()
+        if kind == "grid":
+            if not o.is_discrete_sweep():
+                raise BnexpError(f"{o.input_line}: interval() is a search range, not a grid; "
+                                 "add --trials N to search it with Optuna")
+            alternatives.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            continue
+        if isinstance(value, IntervalSweep):
+            log = "log" in value.tags
+            whole = float(value.start).is_integer() and float(value.end).is_integer()
+            if "int" in value.tags or (whole and base_types.get(o.key_or_group) is int):
+                space[key] = od.IntDistribution(int(value.start), int(value.end), log=log)
+            else:
+                space[key] = od.FloatDistribution(float(value.start), float(value.end), log=log)
+            ends = [value.start, value.end]
+            alternatives.append([f"{key}={Override._get_value_element_as_str(_cast(v, space[key]))}" for v in ends])
+        elif isinstance(value, RangeSweep) and all(isinstance(v, int) for v in o.sweep_iterator()):
+            values = list(o.sweep_iterator())
+            space[key] = od.IntDistribution(min(values), max(values), step=abs(int(value.step)))
+            alternatives.append([f"{key}={v}" for v in values])
+        else:  # choices, glob() and float ranges: categorical over the override strings
+            choices = list(o.sweep_string_iterator())
+            space[key] = od.CategoricalDistribution(choices)
+            alternatives.append([f"{key}={c}" for c in choices])
+    return alternatives, space
+
+
+def _cast(value, distribution):
+    import optuna.distributions as od
+
+    return int(value) if isinstance(distribution, od.IntDistribution) else value
+
+
+def _validate(alternatives: list[list[str]]):
+    """Compose and validate the first job, then every other value of each swept key on top of it:
+    each value is checked once (a compose per value, not per combination) before anything runs."""
+    from bnexp.config.compose import load
+
+    first = [alts[0] for alts in alternatives]
+    cfg = load(first)
+    for i, alts in enumerate(alternatives):
+        for alt in alts[1:]:
+            load(first[:i] + [alt] + first[i + 1:])
+    return cfg
+
+
+def describe(distribution_json: str) -> str:
+    """``float in [0.01, 1.0], log``, ``int in [16, 64], step 16``, ``one of none, custom``."""
+    import optuna.distributions as od
+
+    d = od.json_to_distribution(distribution_json)
+    if isinstance(d, od.CategoricalDistribution):
+        return "one of " + ", ".join(map(str, d.choices))
+    kind = "int" if isinstance(d, od.IntDistribution) else "float"
+    notes = (["log"] if d.log else []) + ([f"step {d.step}"] if d.step not in (None, 1) else [])
+    return f"{kind} in [{d.low}, {d.high}]" + "".join(f", {n}" for n in notes)
+
+
+def _base_types(cfg) -> dict[str, Any]:
+    from bnexp.config.compose import flatten
+
+    return {k: type(v) for k, v in flatten(cfg).items()}
+
+
+def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int] = None,
+         metric: str = "best_val_acc", trials: Optional[int] = None, sampler: str = "tpe",
+         sampler_seed: int = 0) -> Plan:
+    """Check a sweep request; every error is a one-line BnexpError and nothing is written."""
+    import optuna.distributions as od
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from bnexp.config.compose import load
+
+    if metric not in OBJECTIVES:
+        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(OBJECTIVES)}")
+    if sampler not in SAMPLERS:
+        raise BnexpError(f"--sampler {sampler}: valid samplers are {', '.join(SAMPLERS)}")
+    if trials is not None and trials < 1:
+        raise BnexpError(f"--trials {trials}: must be >= 1")
+    for item in args:
+        if "=" not in item and not item.startswith("~"):
+            raise BnexpError(f"malformed override '{item}': expected key=value (e.g. norm=none,custom)")
+    hydra_args = [a for a in args if override_key(a).split("/")[0].split(".")[0] == "hydra"]
+    task = [a for a in args if a not in hydra_args]
+    if any(override_key(a) == "resume" for a in task):
+        raise BnexpError("resume= continues one run; use `bnexp train resume=RUN` (or --study to continue a search)")
+    loader = ConfigLoaderImpl(config_search_path=_search_path())
+    name, hydra_overrides = _launcher(hydra_args, launcher, jobs, loader)
+    parsed = _parse(task, loader)
+    kind = "optuna" if trials else "grid"
+    swept = [override_key(o.get_key_element()) for o in parsed if o.is_sweep_override()]
+    if kind == "optuna" and not swept:
+        raise BnexpError("--trials needs something to search, e.g. optimizer.lr=tag(log,interval(0.01,1)) or "
+                         "norm=none,custom,builtin")
+    base_types = _base_types(load([o.input_line for o in parsed if not o.is_sweep_override()])) if kind == "optuna" else {}
+    alternatives, space = _alternatives(parsed, kind, base_types)
+    cfg = _validate(alternatives)
+    result = Plan(kind=kind, overrides=task, hydra_overrides=hydra_overrides, launcher=name, jobs_at_once=1,
+                  metric=metric, swept=swept, fixed=[a[0] for a in alternatives if len(a) == 1 and
+                                                     override_key(a[0]) not in swept],
+                  space={k: od.distribution_to_json(d) for k, d in space.items()},
+                  trials=trials or 0, sampler=sampler, sampler_seed=sampler_seed,
+                  output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
+    if kind == "grid":
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        result.grid = BasicSweeper.split_arguments(parsed, None)[0]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The job: Hydra's task function
+
+# Launchers whose jobs run in worker processes on this machine (basic runs them in the sweep's own
+# process; Slurm jobs outlive the submitting process by design).
+LOCAL_WORKERS = ("joblib", "LocalLauncher")
+
+
+class OrphanWatch(Callback):
+    """Stops a job (as interrupted, its checkpoint kept) once the sweep that launched it is gone
+    (its lock on the sweep directory released): a worker process must not train on for minutes
+    after its sweep was killed."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir, self.checked, self.fired = sweep_dir, time.monotonic(), False
+
+    def on_step(self, loop):
+        now = time.monotonic()
+        if now - self.checked >= 1.0:
+            self.checked = now
+            if not is_locked(self.sweep_dir):
+                self.fired = True
+                raise KeyboardInterrupt
+
+
+def run_job(cfg) -> dict:
+    """Train one job in its job directory (an ordinary run directory). A failure is recorded in the
+    job's run.json and returned, never raised, so one bad job does not stop the sweep; Ctrl-C
+    (or the sweep's death) stops the job as interrupted and is raised. A job directory left by an
+    earlier attempt (``bnexp sweep --resume``) is continued from its checkpoint, or started over."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnexp.config.compose import check_schema, validate
+    from bnexp.core.errors import Interrupted
+    from bnexp.launch.trainer import train
+    from bnexp.store.run import load_saved
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    local_worker = any(name in str(hydra_cfg.launcher.get("_target_", "")) for name in LOCAL_WORKERS)
+    watch = [OrphanWatch(run_dir.parent)] if local_worker else []
+    message = None
+    try:
+        if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
+            saved, saved_overrides = load_saved(run_dir)
+            train(saved, saved_overrides, resume=run_dir, progress=False, callbacks=watch)
+        else:
+            _clear_job_dir(run_dir)
+            cfg = check_schema(cfg)
+            if cfg.threads is None:  # the job's share of the cores, split among its own processes
+                share = threads_per_job(hydra_cfg.launcher)
+                cfg.threads = max(1, share // cfg.nproc) if share else None
+            validate(cfg)
+            train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
+    except Interrupted:
+        if any(w.fired for w in watch):  # nobody is left to report to: free the worker's memory now
+            os._exit(1)
+        raise KeyboardInterrupt from None
+    except Exception as exc:  # the run's status says what happened; the sweep goes on
+        message = one_line(exc)
+    if (run_dir / RUN_FILE).is_file():
+        row = load_record(run_dir)
+    else:  # failed before the run existed (e.g. its dataset could not be loaded)
+        row = RunRecord(id=run_dir.name, status="failed", overrides=overrides, message=message, dir=str(run_dir))
+    best = row.metric("best_val_acc")
+    shown = f"best val acc {best:.4f}" if best is not None else (row.message or "")
+    chosen = " ".join(o for o in overrides if not is_plumbing(o))
+    print(f"job {job_number(row)} {row.status} in {fmt_seconds(row.duration_s)} ({shown}): {chosen}", flush=True)
+    return row
+
+
+def _clear_job_dir(run_dir: Path) -> None:
+    """An earlier attempt that left no checkpoint starts over: its files go, Hydra's own stay."""
+    if (run_dir / RUN_FILE).exists():
+        if is_locked(run_dir):
+            raise BnexpError(busy_message(run_dir))
+        for path in run_dir.iterdir():
+            if path.name != ".hydra":
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching
+
+
+def new_sweep_dir(output_dir: str, name: Optional[str]) -> Path:
+    """``<output_dir>/sweeps/20261122-181503-sweep[-name]-3fa2``, created empty."""
+    validate_name("--name", name)
+    label = f"-{name}" if name else ""
+    return unique_dir(Path(output_dir) / "sweeps", f"{time.strftime('%Y%m%d-%H%M%S')}-sweep{label}")
+
+
+def _hydra_overrides(p: Plan, sweep_dir: Path) -> list[str]:
+    from hydra.core.override_parser.types import Override
+
+    given = {override_key(o) for o in p.hydra_overrides}
+    defaults = [f"{k}={v}" for k, v in HYDRA_DEFAULTS.items() if k not in given]
+    return defaults + p.hydra_overrides + [
+        f"hydra.sweep.dir={Override._get_value_element_as_str(str(sweep_dir))}",
+        f"hydra.sweep.subdir={sweep_dir.name}-${{hydra.job.num}}-${{model.name}}-${{norm.kind}}",
+    ]
+
+
+class _Hydra:
+    """Hydra's app object for this sweep: composes the multirun config, builds sweeper/launcher."""
+
+    def __init__(self, p: Plan, sweep_dir: Path, task_overrides: list[str]):
+        self.dir = sweep_dir
+        from hydra import version
+        from hydra._internal.callbacks import Callbacks
+        from hydra._internal.hydra import Hydra
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.types import HydraContext, RunMode
+
+        from bnexp.config.schema import register_schemas
+
+        register_schemas()
+        version.setbase("1.3")
+        GlobalHydra.instance().clear()
+        self.hydra = Hydra.create_main_hydra2("bnexp", _search_path())
+        try:
+            self.cfg = self.hydra.compose_config("config", _hydra_overrides(p, sweep_dir) + task_overrides,
+                                                 run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+        except Exception as exc:
+            raise BnexpError(f"Hydra rejected the sweep settings: {one_line(exc)}") from None
+        self.callbacks = Callbacks(self.cfg)
+        self.context = HydraContext(config_loader=self.hydra.config_loader, callbacks=self.callbacks)
+
+    def task_params(self) -> dict[str, Any]:
+        """The flattened bnexp config (no ``hydra`` node) of the sweep's defaults: the hparam types."""
+        from omegaconf import OmegaConf
+
+        from bnexp.config.compose import flatten
+
+        return flatten(OmegaConf.masked_copy(self.cfg, [k for k in self.cfg if k != "hydra"]))
+
+    def jobs_at_once(self, p: Plan, jobs: Optional[int]) -> int:
+        launcher = self.cfg.hydra.launcher
+        if p.launcher == "joblib":
+            return joblib_workers(int(launcher.n_jobs))
+        if p.launcher == "submitit_slurm":
+            return jobs or int(launcher.array_parallelism)
+        return jobs or 1
+
+    def sweep(self, pending: Optional[dict[int, list[str]]] = None) -> list:
+        """Hydra's multirun: BasicSweeper expands the grid and hands it to the launcher. A continued
+        sweep launches only its ``pending`` jobs, each into its own earlier directory."""
+        from hydra.core.plugins import Plugins
+        from omegaconf import OmegaConf
+
+        self.callbacks.on_multirun_start(config=self.cfg, config_name="config")
+        if pending is None:
+            sweeper = Plugins.instance().instantiate_sweeper(config=self.cfg, hydra_context=self.context,
+                                                             task_function=run_job)
+            returns = sweeper.sweep(arguments=OmegaConf.to_container(self.cfg.hydra.overrides.task))
+            returns = [r for batch in returns for r in batch]
+        else:
+            jobs = [[*job, f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
+                    for i, job in pending.items()]
+            returns = self.launcher().launch(jobs, initial_job_idx=0) if jobs else []
+        self.callbacks.on_multirun_end(config=self.cfg, config_name="config")
+        return returns
+
+    def launcher(self):
+        from hydra.core.plugins import Plugins
+
+        return Plugins.instance().instantiate_launcher(hydra_context=self.context, task_function=run_job,
+                                                       config=self.cfg)
+
+
+def _returned_rows(returns) -> list[RunRecord]:
+    from hydra.core.utils import JobStatus
+
+    rows = []
+    for r in returns:
+        if r.status == JobStatus.COMPLETED:
+            rows.append(r.return_value)
+        else:  # the task function itself broke (it catches training errors); reading
+            # r.return_value would re-raise its exception, hence the private attribute
+            if isinstance(r._return_value, KeyboardInterrupt):
+                raise KeyboardInterrupt
+            rows.append(RunRecord(id="?", status="failed", overrides=list(r.overrides or []),
+                                  message=one_line(r._return_value)))
+    return rows
+
+
+@dataclass
+class Session:
+    """A sweep being run by this process: its plan, directory, Hydra app and lock."""
+
+    plan: Plan
+    dir: Path
+    hydra: "_Hydra"
+    lock: DirLock
+
+    def save(self, **changes: Any) -> dict:
+        """Update sweep.json (as stored, not as shown) with ``changes``."""
+        from bnexp.store.files import read_json_object
+
+        sweep = read_json_object(self.dir / SWEEP_FILE)
+        sweep.update(changes)
+        write_json(self.dir / SWEEP_FILE, sweep)
+        return sweep
+
+
+def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> Session:
+    """Create the sweep directory, lock it and write sweep.json; a Hydra error removes it again."""
+    sweep_dir = new_sweep_dir(p.output_dir, name)
+    try:
+        lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
+        app = _Hydra(p, sweep_dir, p.overrides if p.kind == "grid" else p.fixed)
+        p.jobs_at_once = app.jobs_at_once(p, jobs)
+        write_json(sweep_dir / SWEEP_FILE, {"id": sweep_dir.name, "status": "running", "started": now_iso(),
+                                            "ended": None, "owner": owner_info(), "heartbeat": now_iso(),
+                                            **asdict(p), "jobs": []})
+        write_sweep_experiment(sweep_dir, app.task_params(), p.swept)
+    except BaseException:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+    return Session(p, sweep_dir, app, lock)
+
+
+def finish(session: Session, status: str, rows: list = (), **extra: Any) -> list[RunRecord]:
+    """Record the sweep's status and every job's outcome (``rows`` merged into those known);
+    returns the jobs as recorded."""
+    ended = status != "running"
+    jobs = job_rows(session.dir, list(rows))
+    session.save(status=status, ended=now_iso() if ended else None, heartbeat=now_iso(),
+                 owner=None if ended else owner_info(), jobs=[r.as_dict() for r in jobs], **extra)
+    return jobs
+
+
+def run(session: Session) -> list[RunRecord]:
+    """Launch every job (of a resumed sweep: every job not yet completed or diverged); returns the
+    rows of all the sweep's jobs. A launcher that fails before any job ran removes a new sweep's
+    directory: nothing is left half-written. Ctrl-C or SIGTERM stops the workers, and their jobs
+    are recorded as interrupted."""
+    p, extra = session.plan, {}
+    try:
+        if p.kind == "grid":
+            rows = _returned_rows(session.hydra.sweep(pending_jobs(session.dir, p)))
+        else:
+            rows, extra["optuna"] = _optimize(session)
+    except KeyboardInterrupt:
+        reap(session.dir)
+        finish(session, "interrupted")
+        session.lock.release()
+        raise
+    except Exception as exc:
+        session.lock.release()
+        if not any(iter_run_dirs(session.dir)) and not lists_jobs(session.dir):
+            shutil.rmtree(session.dir, ignore_errors=True)
+            raise BnexpError(f"sweep failed before any job ran (launcher {p.launcher}): {one_line(exc)}") from None
+        finish(session, "failed")
+        raise BnexpError(f"sweep stopped (launcher {p.launcher}): {one_line(exc)}; its jobs so far: {session.dir}") from None
+    jobs = finish(session, "completed", rows, **extra)
+    session.lock.release()
+    return jobs
+
+
+def lists_jobs(sweep_dir: Path) -> bool:
+    """Whether sweep.json already lists jobs (a resumed sweep keeps its directory, whatever happens)."""
+    try:
+        return bool(read_sweep(sweep_dir).get("jobs"))
+    except UnreadableFile:
+        return False
+
+
+def reap(sweep_dir: Path, wait_s: float = 10.0) -> int:
+    """After the sweep was stopped: every job still marked running is recorded as interrupted once
+    its worker is gone (waiting up to ``wait_s`` for workers to exit). Returns how many."""
+    deadline = time.monotonic() + wait_s
+    reaped = 0
+    for run_dir in iter_run_dirs(sweep_dir):
+        try:
+            if read_record(run_dir).status != "running":
+                continue
+        except UnreadableFile:
+            continue
+        while is_locked(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            run = Run.open(run_dir)
+        except BnexpError:
+            continue  # still held: that job is ending on its own and records its own status
+        try:
+            if run.record.status == "running":
+                run.finish("interrupted", f"its sweep was stopped; continue with: bnexp sweep --resume {sweep_dir.name}")
+                reaped += 1
+        finally:
+            run.close()
+    return reaped
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna
+
+
+def _study(p: Plan, sweep_dir: Path):
+    """The study in ``study.db``. The sampler's seed is advanced by the trials the study already
+    has: a continued search starts a new random stream instead of proposing its first points again."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{sweep_dir / 'study.db'}"
+    direction = "maximize" if higher_is_better(p.metric) else "minimize"
+    study = optuna.create_study(storage=storage, study_name=sweep_dir.name, direction=direction, load_if_exists=True)
+    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False))
+    study.sampler = (optuna.samplers.TPESampler(seed=seed) if p.sampler == "tpe"
+                     else optuna.samplers.RandomSampler(seed=seed))
+    return study
+
+
+def _trial_overrides(p: Plan, space: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """A trial's overrides: categorical values are override strings already, numbers get Hydra's format."""
+    import optuna.distributions as od
+    from hydra.core.override_parser.types import Override
+
+    sampled = [f"{k}={v}" if isinstance(space[k], od.CategoricalDistribution)
+               else f"{k}={Override._get_value_element_as_str(v)}" for k, v in params.items()]
+    return p.fixed + sampled
+
+
+def _optimize(session: Session) -> tuple[list[RunRecord], dict]:
+    """Ask a batch of trials, launch them as Hydra jobs (job number = trial number), tell the results.
+    Completed and diverged jobs report their metric; a job without one is a failed trial. Trials an
+    interrupted sweep left running are marked failed first."""
+    import optuna.distributions as od
+    from optuna.trial import TrialState
+
+    p = session.plan
+    study, launcher = _study(p, session.dir), session.hydra.launcher()
+    space = {k: od.json_to_distribution(v) for k, v in p.space.items()}
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study.tell(stale.number, state=TrialState.FAIL)
+    rows: list[RunRecord] = []
+    while (remaining := p.trials - len(study.get_trials(deepcopy=False))) > 0:
+        batch = [study.ask(space) for _ in range(min(p.jobs_at_once, remaining))]
+        results = _returned_rows(launcher.launch([_trial_overrides(p, space, t.params) for t in batch],
+                                                 initial_job_idx=batch[0].number))
+        for trial, row in zip(batch, results):
+            value = row.metric(p.metric)
+            if row.dir:
+                trial.set_user_attr("run", row.id)
+            if row.status in ("completed", "diverged") and value is not None and math.isfinite(value):
+                study.tell(trial.number, value)
+            else:
+                study.tell(trial.number, state=TrialState.FAIL)
+        rows += results
+        finish(session, "running", rows, optuna=study_summary(study))
+    return rows, study_summary(study)
+
+
+def study_summary(study) -> dict:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    summary = {"study": study.study_name, "storage": "study.db", "trials": len(study.get_trials(deepcopy=False)),
+               "completed": len(done)}
+    if done:
+        best = study.best_trial
+        summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
+                           "run": best.user_attrs.get("run")}
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuing a sweep
+
+
+def pending_jobs(sweep_dir: Path, p: Plan) -> Optional[dict[int, list[str]]]:
+    """Of a grid, the jobs still to run by number: all of them for a new sweep (None), else those
+    not completed or diverged (failed, interrupted, dead, or never started)."""
+    done = {job_number(r): r.status for r in job_rows(sweep_dir) if job_number(r) is not None}
+    if not done:
+        return None
+    return {i: job for i, job in enumerate(p.grid) if done.get(i) not in ("completed", "diverged")}
+
+
+def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: Optional[int] = None) -> Session:
+    """Continue an earlier sweep in its own directory: a grid re-runs the jobs that did not complete
+    (continuing each from its checkpoint); a search goes on up to ``trials`` trials."""
+    from bnexp.config.compose import load
+
+    kind, sweep_dir = resolve(ref, Path(load([]).output_dir))
+    if kind != "sweep":
+        raise BnexpError(f"{ref} is a run, not a sweep; continue a run with: bnexp train resume={sweep_dir.name}")
+    sweep_dir = sweep_dir.resolve()
+    lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
+    try:
+        sweep = read_sweep(sweep_dir)
+        p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+        if trials is not None:
+            if p.kind != "optuna":
+                raise BnexpError(f"--trials {trials}: {sweep_dir.name} is a grid; --trials continues Optuna searches")
+            if trials < 1:
+                raise BnexpError(f"--trials {trials}: must be >= 1")
+            p.trials = trials
+        if sampler_seed is not None:
+            p.sampler_seed = sampler_seed
+        app = _Hydra(p, sweep_dir, p.fixed if p.kind == "optuna" else p.overrides)
+        if jobs:
+            p.jobs_at_once = app.jobs_at_once(p, jobs)
+        session = Session(p, sweep_dir, app, lock)
+        session.save(status="running", ended=None, owner=owner_info(), heartbeat=now_iso(), trials=p.trials,
+                     jobs_at_once=p.jobs_at_once, sampler_seed=p.sampler_seed)
+        return session
+    except BaseException:
+        lock.release()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a sweep back
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm: the sbatch script of a sweep, shown by --dry-run
+
+
+def slurm_script(p: Plan) -> tuple[str, list[str]]:
+    """The sbatch script submitit would write for this sweep on Slurm (``--launcher submitit_slurm``),
+    rendered here without a cluster (submitit's own ``_make_sbatch_string``, fed the launcher settings
+    as hydra-submitit-launcher and submitit translate them: ``hydra.launcher.gpus_per_node=2`` ->
+    ``--gpus-per-node=2``, one array task per job); the sweep id is a placeholder. Also returns
+    notes on how the settings fit the jobs' ``nproc``: each job is one Slurm task, whose
+    ``bnexp train`` starts the job's ``nproc`` processes itself on its node."""
+    import shlex
+    import sys
+
+    from omegaconf import OmegaConf
+    from submitit.auto.auto import AutoExecutor
+    from submitit.slurm import slurm
+
+    from bnexp.config.compose import override_value
+
+    hydra = _Hydra(p, Path(p.output_dir) / "sweeps" / "SWEEP_ID", p.overrides if p.kind == "grid" else p.fixed)
+    settings = OmegaConf.to_container(hydra.cfg.hydra.launcher, resolve=True)
+    folder = settings.pop("submitit_folder")
+    generic, renamed = AutoExecutor._typed_parameters(), slurm.SlurmExecutor._equivalence_dict()
+    params = {(renamed.get(k, k) if k in generic else k): v for k, v in settings.items()
+              if v is not None and k not in ("_target_", "max_num_timeout")}
+    if "mem" in params:
+        params["mem"] = slurm._convert_mem(params["mem"])
+    jobs = len(p.grid) if p.kind == "grid" else p.jobs_at_once
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    script = slurm._make_sbatch_string(command=command, folder=folder, map_count=jobs if jobs > 1 else None, **params)
+    jobs_overrides = p.grid if p.kind == "grid" else [p.fixed]
+    nproc = max(int(override_value(job, "nproc") or 1) for job in jobs_overrides)
+    notes = []
+    if settings["tasks_per_node"] != 1 or settings["nodes"] != 1:
+        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: every "
+                     "Slurm task would train the same job; keep one task on one node per job (bnexp starts the "
+                     "job's nproc processes itself)")
+    gpus = settings.get("gpus_per_node")
+    if nproc > 1 and not gpus:
+        notes.append(f"nproc={nproc} without hydra.launcher.gpus_per_node: the processes train on CPU (gloo); for "
+                     f"CUDA (NCCL, one GPU per process) set hydra.launcher.gpus_per_node={nproc}")
+    elif gpus and gpus < nproc:
+        notes.append(f"nproc={nproc} with hydra.launcher.gpus_per_node={gpus}: NCCL needs one GPU per process; "
+                     f"set hydra.launcher.gpus_per_node={nproc} (or train those jobs with device=cpu)")
+    return script, notes

@@ -1,0 +1,167 @@
+"""The trainer entry point, :func:`train`: one run from its config to its record, in one process
+or as a rank of several (:mod:`bnexp.launch.multiproc`). It opens or creates the run
+(:mod:`bnexp.store.run`), builds what the loop needs and attaches the listeners."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.config.compose import dataset_settings
+from bnexp.core.errors import BnexpError
+from bnexp.engine.callbacks import Callback, Callbacks, finish
+from bnexp.engine.checkpoint import Progress, load_checkpoint, restore
+from bnexp.engine.loop import (
+    Loop,
+    build_optimizer,
+    build_scheduler,
+    epoch_batches,
+    resolve_device,
+    run_loop,
+    smallest_batch,
+)
+from bnexp.engine.ranks import Ranks, in_worker, joined
+from bnexp.launch.multiproc import launch
+from bnexp.store.files import CHECKPOINT_FILE, CONFIG_FILE, OVERRIDES_FILE, write_atomic
+from bnexp.store.record import RunRecord
+from bnexp.store.run import Run, create_run
+from bnexp.tracking.listeners import Checkpointer, ProgressBar, RunLog
+
+
+def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
+          progress: bool = True, callbacks: Iterable[Callback] = ()) -> Optional[RunRecord]:
+    """Train one run to completion; returns its record (``record.dir`` is its directory).
+
+    ``run_dir``: an existing empty directory to use (a sweep job's); ``resume``: a run directory to
+    continue from its checkpoint, with ``cfg`` its saved config (longer ``epochs``/``max_steps``
+    extend it). Raises :class:`Diverged` on a non-finite loss, :class:`Interrupted` on Ctrl-C or
+    SIGTERM, and BnexpError for bad input found while loading.
+
+    With ``nproc`` > 1 this process launches that many workers and waits for them
+    (:mod:`bnexp.launch.multiproc`); in a worker it trains as one rank, and ranks other than 0 return None.
+    """
+    if cfg.nproc > 1 and not in_worker():
+        return launch(cfg, overrides, run_dir=run_dir, resume=resume, progress=progress, callbacks=callbacks)
+    with joined(cfg, resolve_device(cfg.device.type)) as ranks:
+        return train_rank(cfg, overrides, ranks, run_dir=run_dir, resume=resume, progress=progress,
+                          callbacks=callbacks)
+
+
+def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: Optional[Path],
+               resume: Optional[Path], progress: bool, callbacks: Iterable[Callback]) -> Optional[RunRecord]:
+    """:func:`train` in this process, as rank ``ranks.rank`` of ``ranks.size``: every rank builds the
+    same model and sees its shard of each batch; rank 0 alone keeps the run and its listeners."""
+    from bnexp.data.datasets import load_dataset
+    from bnexp.nn.models import build_model, synchronize_norms
+
+    lead = ranks.rank == 0
+    opened = Run.open(resume) if resume is not None and lead else None  # first: a busy run is refused early
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = ranks.device
+        torch.manual_seed(cfg.seed)
+        data = load_dataset(dataset_settings(cfg), device)
+        uses_bn, min_batch = cfg.norm.kind != "none", smallest_batch(cfg)
+        steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, min_batch))
+        if steps_per_epoch == 0:
+            where = f" with nproc={cfg.nproc}" if cfg.nproc > 1 else ""
+            raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); "
+                             f"{'batch norm' if uses_bn else 'training'}{where} needs >= {min_batch}")
+        module = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
+        sync_note = synchronize_norms(module, cfg.norm, device)
+        optimizer = build_optimizer(cfg.optimizer, module.parameters())
+        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+        scheduler = build_scheduler(cfg.optimizer, optimizer, total_steps)
+        state = Progress()
+        if resume is not None:
+            state = restore(load_checkpoint(Path(resume) / CHECKPOINT_FILE, device), module, optimizer, scheduler)
+            if state.step >= total_steps:
+                name = Path(resume).name
+                raise BnexpError(f"run {name} already trained {state.step} steps ({state.epoch} epochs); to train "
+                                 f"longer: resume={name} epochs=N with N > {cfg.epochs}")
+        model = ranks.wrap(module)
+    except BaseException:
+        if opened is not None:
+            opened.close()  # the run's record is left exactly as it was
+        raise
+    if sync_note and lead:
+        from bnexp.core.errors import error_line
+
+        error_line(sync_note, label="note")
+    execution = {**ranks.describe(), **({"norm_sync": sync_note} if sync_note else {})}
+    run = (opened or create_run(cfg, overrides, run_dir, str(device), {**reproducibility(device), **execution})) if lead else None
+    loop = Loop(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
+                progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
+                uses_bn=uses_bn, min_batch=min_batch, run=run, ranks=ranks, record_every=int(cfg.hist_every_steps),
+                started=time.perf_counter() - (run.record.duration_s if run else 0.0))
+    resumed_at = state.step if opened is not None else None
+    listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
+    outcome = run_loop(loop, Callbacks(listeners))
+    return finish(outcome, run.path if run else None, run.record if run else None)
+
+
+def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resumed_at: Optional[int],
+                  progress: bool) -> list[Callback]:
+    """Everything that watches a run (rank 0's alone): its record, checkpoint, TensorBoard,
+    diagnostics, progress bar. ``resumed_at``: the checkpoint's step, for a continued run."""
+    from bnexp.tracking.diagnostics import diagnostics
+    from bnexp.tracking.telemetry import Telemetry
+
+    resumed = resumed_at is not None
+    listeners = [RunLog(run, resumed=resumed)]
+    if resumed:
+        listeners.append(_ConfigRefresh(cfg, overrides))
+    if cfg.checkpoint:
+        listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
+    telemetry = Telemetry(run, cfg, module, purge_step=resumed_at + 1 if resumed else None)
+    listeners += [telemetry, *diagnostics(cfg, run, module, telemetry.writer)]
+    if progress:
+        listeners.append(ProgressBar())
+    return listeners
+
+
+def reproducibility(device: torch.device) -> dict:
+    """What it takes to run this again: command line, code version, software, machine."""
+    import bnexp
+
+    info = {"command": shlex.join(["bnexp", *sys.argv[1:]]), "cwd": os.getcwd(),
+            "python": platform.python_version(), "torch": torch.__version__, "bnexp": bnexp.__version__,
+            "host": socket.gethostname(), "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=5)
+            info.update(git_commit=commit.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+class _ConfigRefresh(Callback):
+    """A continued run that trains longer saves its new length (config.yaml, overrides, record)."""
+
+    def __init__(self, cfg: DictConfig, overrides: list[str]):
+        self.cfg, self.overrides = cfg, overrides
+
+    def on_start(self, loop):
+        run, cfg = loop.run, self.cfg
+        if (run.record.epochs, run.record.max_steps) != (cfg.epochs, cfg.max_steps):
+            write_atomic(run.path / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+            write_atomic(run.path / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(self.overrides))))
+            run.record.epochs, run.record.max_steps, run.record.overrides = cfg.epochs, cfg.max_steps, self.overrides
+            run.save()

@@ -1,0 +1,227 @@
+"""The run registry: find, filter and sort runs and sweeps from their small JSON records.
+
+Only ``run.json`` / ``sweep.json`` are read (never TensorBoard events), plus ``labels.json`` (tags
+and note) where a run has one, and nothing here imports torch or Hydra, so ``bnexp runs`` stays
+fast with thousands of runs. One unreadable record never
+hides the others: it is listed as ``unreadable`` with the reason. A record that says ``running``
+whose writer is gone is shown as ``dead``, with how to continue it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from bnexp.config.groups import group_options
+from bnexp.core.errors import BnexpError
+from bnexp.core.vocab import DERIVED_STATUSES, METRICS, STATUSES, higher_is_better, is_plumbing
+from bnexp.store.catalog import iter_run_entries
+from bnexp.store.files import CONFIG_FILE, SWEEP_FILE, UnreadableFile, parse_time, read_json_object, read_yaml_mapping
+from bnexp.store.labels import LABELS_FILE, read_labels
+from bnexp.store.lock import liveness
+from bnexp.store.record import RecordCache, RunRecord, read_record
+
+# Group choices already shown in their own columns of `bnexp runs`.
+SHOWN_GROUPS = ("model", "norm", "dataset")
+AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def default_root() -> Path:
+    """Where runs live when no --output-dir is given: the config's default output_dir
+    (``${oc.env:BNEXP_OUTPUT_DIR,outputs}``), read without composing the config."""
+    return Path(os.environ.get("BNEXP_OUTPUT_DIR") or "outputs")
+
+
+def override_key(override: str) -> str:
+    """``+optimizer.lr=0.1`` -> ``optimizer.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def key_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides worth showing next to a run: no plumbing, no choices shown in other columns."""
+    return [o for o in overrides if not is_plumbing(o) and override_key(o) not in SHOWN_GROUPS]
+
+
+def with_liveness(record: RunRecord, directory: Path) -> RunRecord:
+    """A ``running`` record whose writer is gone becomes ``dead``, with how to continue it."""
+    if record.status == "running":
+        alive, why = liveness(directory, record.owner, record.heartbeat)
+        if not alive:
+            record.recorded_status, record.status = "running", "dead"
+            record.message = f"{why}; continue with: bnexp train resume={record.id}"
+    return record
+
+
+def load_record(path: Path | str, cache: Optional[RecordCache] = None) -> RunRecord:
+    """One run's record for display: live status, or ``unreadable`` naming the file and why."""
+    try:
+        record = with_liveness(read_record(path, cache), path)
+    except UnreadableFile as exc:
+        record = RunRecord(id=os.path.basename(path), status="unreadable", message=str(exc))
+    record.dir = str(path)
+    return record
+
+
+def with_labels(record: RunRecord, path: Path, present: Optional[bool] = None) -> RunRecord:
+    """Add the run's tags and note (``labels.json``, read only where it exists: ``present`` when the
+    caller's directory walk already knows) to the record, as ``tags`` and ``note`` in what ``--json``
+    prints. An unreadable labels file hides no run: its tags are left out, the reason kept as
+    ``labels_error``."""
+    tags, note = [], None
+    if present if present is not None else os.path.exists(path / LABELS_FILE):
+        try:
+            labels = read_labels(path)
+            tags, note = labels.tags, labels.note
+        except UnreadableFile as exc:
+            record.extra["labels_error"] = str(exc)
+    record.extra["tags"], record.extra["note"] = tags, note
+    return record
+
+
+def tags_of(record: RunRecord) -> list[str]:
+    return record.extra.get("tags") or []
+
+
+def load_runs(root: Path) -> list[RunRecord]:
+    """Every run under ``root`` with ``dir``, ``sweep`` (the id of the sweep it belongs to), tags and
+    note. One walk of the tree says which runs have a labels file: no extra look-up per run."""
+    records = []
+    cache = RecordCache(root)
+    for entry in iter_run_entries(root):
+        record = with_labels(load_record(entry.path, cache), entry.path, LABELS_FILE in entry.files)
+        record.sweep = entry.sweep
+        records.append(record)
+    cache.save()
+    return records
+
+
+def parse_since(text: str, now: Optional[datetime] = None) -> datetime:
+    """``2026-11-20``, ``2026-11-20T14:00`` (local time unless an offset is given) or an age such as
+    ``30m``, ``12h``, ``3d``, ``2w``."""
+    now = now or datetime.now().astimezone()
+    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if age:
+        return now - timedelta(**{AGE_UNITS[age.group(2)]: float(age.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BnexpError(f"--since {text!r}: use a date (2026-11-20), a date and time (2026-11-20T14:00) "
+                         "or an age (30m, 12h, 3d, 2w)") from None
+    return moment.astimezone()  # naive means local time
+
+
+def check_statuses(statuses: Iterable[str]) -> None:
+    valid = STATUSES + DERIVED_STATUSES
+    for s in statuses:
+        if s not in valid:
+            raise BnexpError(f"--status {s}: valid statuses are {', '.join(valid)}")
+
+
+# filter option -> (config group whose options are valid values, the record field it matches)
+CHOICE_FILTERS = {"model": ("model", "model"), "norm": ("norm", "norm"), "dataset": ("dataset", "dataset"),
+                  "experiment": ("experiment", "experiment")}
+
+
+def check_choices(option: str, values: Iterable[str], records: list[RunRecord]) -> None:
+    """A filter value must name something: an option of its config group, or a value some run has
+    (runs made with an older config tree). ``--norm batch`` is an error, not an empty table."""
+    values = list(values)
+    if not values:
+        return
+    group, attribute = CHOICE_FILTERS[option]
+    valid = set(group_options(group)) | {getattr(r, attribute) for r in records if getattr(r, attribute)}
+    if option == "dataset":
+        valid |= {r.dataset_path for r in records if r.dataset_path}
+    for value in values:
+        if value not in valid:
+            raise BnexpError(f"--{option} {value}: no {option} of that name; valid values are "
+                             f"{', '.join(sorted(valid)) or '(none)'}")
+
+
+def filter_runs(records: list[RunRecord], *, status: Iterable[str] = (), model: Iterable[str] = (),
+                norm: Iterable[str] = (), sweep: Optional[str] = None, since: Optional[datetime] = None,
+                experiment: Iterable[str] = (), dataset: Iterable[str] = (), name: Optional[str] = None,
+                tags: Iterable[str] = ()) -> list[RunRecord]:
+    """Keep records matching every given filter; several values of one filter mean "any of", except
+    tags: a run must carry every tag given. ``dataset`` matches the dataset's name or its path;
+    ``name`` is the ``name=`` label, with shell wildcards (``lr-*``)."""
+    status, model, norm, experiment, dataset = set(status), set(model), set(norm), set(experiment), set(dataset)
+    tags = set(tags)
+
+    def keep(r: RunRecord) -> bool:
+        if status and r.status not in status:
+            return False
+        if model and r.model not in model:
+            return False
+        if norm and r.norm not in norm:
+            return False
+        if experiment and r.experiment not in experiment:
+            return False
+        if dataset and r.dataset not in dataset and r.dataset_path not in dataset:
+            return False
+        if name is not None and not fnmatch.fnmatchcase(r.name or "", name):
+            return False
+        if tags and not tags <= set(tags_of(r)):
+            return False
+        if sweep is not None and not (r.sweep or "").startswith(sweep):
+            return False
+        if since is not None:
+            started = parse_time(r.started)
+            if started is None or started < since:
+                return False
+        return True
+
+    return [r for r in records if keep(r)]
+
+
+# sort key -> (value of a record, natural order is descending). Runs without the value go last.
+SORTS: dict[str, tuple[Callable[[RunRecord], Any], bool]] = {
+    "started": (lambda r: r.started, True),
+    "duration": (lambda r: r.duration_s if r.status != "unreadable" else None, True),
+    "id": (lambda r: r.id, False),
+    "model": (lambda r: r.model, False),
+    "norm": (lambda r: r.norm, False),
+    "status": (lambda r: r.status, False),
+    **{key: ((lambda r, k=key: r.metric(k)), higher_is_better(key)) for key in METRICS},
+}
+
+
+def sort_runs(records: list, by: str = "started", reverse: bool = False) -> list:
+    """Sort by ``by`` in its natural order (newest, most accurate, longest, lowest loss, A-Z first);
+    ``reverse`` flips it. Records lacking the value always come last."""
+    if by not in SORTS:
+        raise BnexpError(f"--sort {by}: valid keys are {', '.join(SORTS)}")
+    value, descending = SORTS[by]
+    present = [r for r in records if value(r) is not None]
+    missing = [r for r in records if value(r) is None]
+    return sorted(present, key=value, reverse=descending != reverse) + missing
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's saved config (``config.yaml``) flattened to ``{'optimizer.lr': 0.1, ...}``; raises
+    :class:`UnreadableFile` naming the file when it cannot be read as a config."""
+    from bnexp.config.compose import flatten
+
+    return flatten(read_yaml_mapping(Path(run_dir) / CONFIG_FILE))
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Flattened config keys whose value is not the same in every config (plumbing keys aside)."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if not is_plumbing(k) and len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def read_sweep(sweep_dir: Path) -> dict:
+    """A sweep's ``sweep.json``, with a ``running`` sweep whose process is gone shown as ``dead``."""
+    sweep = read_json_object(Path(sweep_dir) / SWEEP_FILE)
+    if sweep.get("status") == "running":
+        alive, why = liveness(sweep_dir, sweep.get("owner"), sweep.get("heartbeat"))
+        if not alive:
+            sweep["recorded_status"], sweep["status"] = "running", "dead"
+            sweep["message"] = f"{why}; continue with: bnexp sweep --resume {Path(sweep_dir).name}"
+    return sweep
+

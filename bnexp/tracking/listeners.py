@@ -1,0 +1,107 @@
+"""The listeners every run has: its record (run.json, metrics.jsonl), its checkpoint, a progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from bnexp.engine.callbacks import Callback
+from bnexp.store.files import now_iso
+
+
+class RunLog(Callback):
+    """The run directory's record: run.json (status, metrics, heartbeat) and metrics.jsonl."""
+
+    def __init__(self, run, resumed: bool):
+        self.run, self.resumed, self.began = run, resumed, not resumed
+
+    def on_start(self, loop):
+        if self.resumed:  # only now, with the checkpoint and the log known good, is the run running again
+            self.run.truncate_metrics(loop.progress.step)
+            self.run.begin()
+            self.began = True
+
+    def on_log(self, loop, log):
+        self.run.log(log.record())
+        self.run.record.metrics = dict(loop.progress.metrics)
+        self.run.heartbeat()
+
+    def on_epoch(self, loop, record):
+        self.run.log(record)
+        self.update(loop)
+        self.run.save()
+
+    def update(self, loop) -> None:
+        r = self.run.record
+        r.metrics = dict(loop.progress.metrics)
+        r.duration_s = round(time.perf_counter() - loop.started, 3)
+        r.compile_s = round(loop.compile_s, 3)
+        r.heartbeat = now_iso()
+
+    def on_end(self, loop, outcome):
+        try:
+            if self.began:
+                self.update(loop)
+                note = self.run.finish(outcome.status, outcome.message)
+                if note:
+                    outcome.notes.append(note)
+        finally:
+            self.run.close()
+
+
+class Checkpointer(Callback):
+    """checkpoint.pt after every epoch (atomically replaced; see :mod:`bnexp.engine.checkpoint`)."""
+
+    def __init__(self, path, config: dict):
+        self.path, self.config = path, config
+
+    def on_epoch(self, loop, record):
+        from bnexp.engine.checkpoint import save_checkpoint
+
+        save_checkpoint(self.path, loop.module, loop.optimizer, loop.scheduler, loop.progress, self.config)
+
+
+class ProgressBar(Callback):
+    """Rich progress with live loss/accuracy on stderr, and one line per finished epoch."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self.stack = contextlib.ExitStack()
+        self.task = None
+
+    def on_start(self, loop):
+        self.stack.enter_context(self.progress)
+        self.task = self.progress.add_task("train", total=loop.total_steps, completed=loop.progress.step, stats="")
+
+    def on_step(self, loop):
+        self.progress.advance(self.task)
+
+    def on_log(self, loop, log):
+        self.progress.update(self.task, description=f"epoch {log.epoch}",
+                             stats=f"loss {log.loss:.4f} acc {log.acc:.3f}")
+
+    def on_epoch(self, loop, record):
+        from bnexp.core.vocab import fmt_number, fmt_rate
+
+        self.console.print(  # under 80 columns up to 9,999 epochs
+            f"epoch {record['epoch']}/{loop.epochs}  loss {fmt_number(record['train_loss'])} / val "
+            f"{fmt_number(record['val_loss'])}  acc {fmt_number(record['train_acc'])} / val "
+            f"{fmt_number(record['val_acc'])}  {fmt_rate(record['examples_per_s'])} ex/s", highlight=False)
+
+    def on_end(self, loop, outcome):
+        self.stack.close()

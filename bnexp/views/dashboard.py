@@ -1,0 +1,226 @@
+"""The TensorBoard dashboard over exactly the runs asked for, with one HParams table across them.
+
+``bnexp tensorboard`` builds a private logdir of symlinks to the selected runs (a running sweep's
+new jobs are linked as they appear), writes one HParams *experiment* into its root, starts
+TensorBoard on it and stops it on Ctrl-C.
+
+Why one experiment: each run logs its hparams and final metrics as an HParams *session*, but the
+table's columns come from an *experiment* summary, and TensorBoard uses the first one it meets,
+in no fixed order, when a logdir holds several. So runs write none; a sweep writes one into its
+own directory (for ``tensorboard --logdir <sweep dir>``) and the dashboard one for its selection:
+the keys that vary first, marked ``differs`` (TensorBoard shows five columns, those first), then
+a few core keys; the ``final/*`` scalars as metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from bnexp.core.errors import BnexpError
+from bnexp.tracking.hparams import write_experiment
+
+DEFAULT_PORT = 6006
+
+
+# ---------------------------------------------------------------------------------------------
+# The logdir
+
+
+class Logdir:
+    """A private logdir of symlinks to the runs that ``refs`` name (all runs under ``root`` when
+    empty): ``<run id>`` for a run, ``<sweep id>/<job>`` for a sweep's job, ``<job>`` being its id
+    without the sweep's. References are checked at once (one walk for all of them); :meth:`refresh`
+    links runs that appeared since (the new jobs of a running sweep, new runs when showing everything)."""
+
+    def __init__(self, path: Path, refs: list[str], root: Path):
+        from bnexp.store.catalog import resolve_all
+
+        self.path, self.root = path, root
+        self.selected = [(kind, p.resolve()) for kind, p in resolve_all(refs, root)]
+        self.linked: set[Path] = set()
+        self.skipped: list[str] = []  # why a run's config could not go into the HParams table
+
+    def _runs(self) -> Iterable[Path]:
+        from bnexp.store.catalog import iter_run_dirs
+
+        if not self.selected:
+            return (p.resolve() for p in iter_run_dirs(self.root))
+        return (run.resolve() for kind, p in self.selected for run in (iter_run_dirs(p) if kind == "sweep" else [p]))
+
+    def _link_name(self, run_dir: Path) -> Path:
+        from bnexp.store.files import SWEEP_FILE
+
+        sweep = run_dir.parent
+        if (sweep / SWEEP_FILE).is_file():
+            job = run_dir.name[len(sweep.name) + 1:] if run_dir.name.startswith(sweep.name + "-") else run_dir.name
+            return self.path / sweep.name / job
+        return self.path / run_dir.name
+
+    def refresh(self, progress: Optional[Callable[[int], None]] = None) -> int:
+        """Link every selected run not linked yet; returns how many are linked. ``progress(n)`` is
+        told the count every 500 runs (a first refresh over thousands of runs takes a moment)."""
+        for run_dir in self._runs():
+            if run_dir not in self.linked:
+                link = self._link_name(run_dir)
+                link.parent.mkdir(exist_ok=True)
+                if not link.exists():
+                    link.symlink_to(run_dir, target_is_directory=True)
+                self.linked.add(run_dir)
+                if progress and len(self.linked) % 500 == 0:
+                    progress(len(self.linked))
+        return len(self.linked)
+
+    def write_experiment(self) -> None:
+        """The selection's table: the config keys that differ between the linked runs lead. A run
+        whose config cannot be read is left out of the table (and named in :attr:`skipped`)."""
+        from bnexp.core.vocab import is_plumbing
+        from bnexp.store.files import UnreadableFile
+        from bnexp.store.registry import differing_keys, run_config
+
+        configs = []
+        for run_dir in sorted(self.linked):
+            try:
+                configs.append(run_config(run_dir))
+            except UnreadableFile as exc:
+                if (run_dir / "config.yaml").exists():
+                    self.skipped.append(str(exc))
+        if configs:
+            params = {k: v for c in configs for k, v in c.items() if not is_plumbing(k)}
+            params["status"] = "completed"
+            write_experiment(self.path, params, differing_keys(configs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server does
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(host: str, port: Optional[int]) -> tuple[int, Optional[str]]:
+    """The port to serve on and, when it is not the one expected, a note saying why. An explicit
+    ``--port`` that is taken is an error; the default moves to the next free port."""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        raise BnexpError(f"--host {host}: not a known host name or address") from None
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise BnexpError(f"--port {port}: must be in 1-65535")
+        if not _bindable(host, port):
+            raise BnexpError(f"port {port} on {host} is in use (or not allowed); pick another with --port, "
+                             "or leave --port out to take the next free one")
+        return port, None
+    for candidate in range(DEFAULT_PORT, DEFAULT_PORT + 100):
+        if _bindable(host, candidate):
+            note = None if candidate == DEFAULT_PORT else f"port {DEFAULT_PORT} is in use; using {candidate}"
+            return candidate, note
+    raise BnexpError(f"ports {DEFAULT_PORT}-{DEFAULT_PORT + 99} on {host} are all in use; pick one with --port")
+
+
+def url_for(host: str, port: int) -> str:
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"http://{shown}:{port}/"
+
+
+TEMP_PREFIX = "bnexp-tensorboard-"
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """``preexec_fn`` for a child that must not outlive ``parent``: Linux sends it SIGTERM when the
+    parent dies, even by kill -9 (PR_SET_PDEATHSIG); a parent already gone by then ends it at once."""
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the parent's own stop() remains
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def private_dir() -> tempfile.TemporaryDirectory:
+    """A temporary directory for one dashboard, named after this process; those of earlier
+    dashboards whose process is gone (killed with -9) are removed first."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = stale.name[len(TEMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)  # links inside are unlinked, never followed
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TensorBoard:
+    """A TensorBoard subprocess over ``logdir``, its output in ``log`` (shown if it fails to start).
+    It dies with this process, however this process ends."""
+
+    def __init__(self, logdir: Path, host: str, port: int, log: Path):
+        self.url, self.log = url_for(host, port), log
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host,
+                   "--port", str(port), "--reload_interval", "5"]
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                                            preexec_fn=_die_with(os.getpid()), start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Poll until it answers over HTTP; its own error (port taken, bad flag) if it exits first."""
+        deadline = time.monotonic() + timeout
+        probe = self.url.replace("localhost", "127.0.0.1") + "data/plugins_listing"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise BnexpError(f"TensorBoard exited with code {self.process.returncode}: {' | '.join(tail)}")
+            try:
+                with urllib.request.urlopen(probe, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise BnexpError(f"TensorBoard did not answer on {self.url} within {timeout:.0f} s (its log: {self.log})")
+
+    def wait(self) -> int:
+        return self.process.wait()
+
+    def stop(self) -> None:
+        """Stop its whole process group (TensorBoard may start a data-server child)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
