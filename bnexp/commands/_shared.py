@@ -87,3 +87,34 @@ def short_names(ids: list[str]) -> list[str]:
 def examples(*lines: str) -> str:
     """An epilog of example command lines, one under the other."""
     return "Examples: " + "\n          ".join(lines)
+
+
+WHERE_HELP = ("Only runs matching this query over their record and config, e.g. \"val_acc > 0.9 and "
+              "optimizer.lr < 0.5 and norm.kind in ('custom','builtin')\" (docs/query.md).")
+
+
+def where_option():
+    return typer.Option(None, "--where", "-w", help=WHERE_HELP)
+
+
+def select_run_dirs(refs: Optional[list[str]], where: Optional[str], root: Path) -> list[Path]:
+    """The run directories a command works on: those ``refs`` name (a sweep: all its jobs), kept
+    where ``--where`` matches; with a query and no refs, every run under ``root`` that matches."""
+    from bnexp.core.errors import BnexpError
+    from bnexp.store.catalog import expand
+    from bnexp.store.registry import load_record, load_runs, where_filter, with_labels
+
+    if refs:
+        dirs = expand(refs, root)
+        if not where:
+            return dirs
+        records = [with_labels(load_record(d), d) for d in dirs]
+    elif where:
+        records = load_runs(root)
+    else:
+        raise BnexpError("name runs or sweeps (ids, prefixes, names or directories), or select them with --where")
+    chosen = where_filter(records, where)
+    if not chosen:
+        raise BnexpError(f"--where {where!r}: none of the {len(records)} runs "
+                         f"{'named' if refs else f'in {root}'} matches")
+    return [Path(r.dir) for r in chosen]

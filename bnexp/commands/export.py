@@ -15,7 +15,14 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import examples, output_dir_option, output_root, refs_argument
+from bnexp.commands._shared import (
+    examples,
+    output_dir_option,
+    output_root,
+    refs_argument,
+    select_run_dirs,
+    where_option,
+)
 from bnexp.core.errors import BnexpError
 
 FORMATS = ("csv", "json")
@@ -38,7 +45,9 @@ def export_csv(runs: list[tuple[str, dict[str, list[dict]]]]) -> str:
 
 
 def export(
-    refs: List[str] = refs_argument("Runs and/or sweeps (a sweep stands for all its jobs)."),
+    refs: Optional[List[str]] = refs_argument("Runs and/or sweeps (a sweep stands for all its jobs); none: every "
+                                              "run --where selects.", False),
+    where: Optional[str] = where_option(),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv (one row per record) or json (one object per run)."),
     kind: Optional[List[str]] = typer.Option(None, "--kind", help="Which records: train (per logged step), "
                                              "epoch, activation, grad (BN diagnostics); repeatable. Default: train "
@@ -49,7 +58,6 @@ def export(
     """Export runs' full per-step and per-epoch histories (from metrics.jsonl) as CSV or JSON."""
     import json
 
-    from bnexp.store.catalog import expand
     from bnexp.store.files import write_atomic
     from bnexp.store.history import KINDS, read_history
     from bnexp.store.registry import load_record
@@ -62,7 +70,7 @@ def export(
             raise BnexpError(f"--kind {k}: valid kinds are {', '.join(KINDS)}")
     if out is not None and not out.expanduser().parent.is_dir():
         raise BnexpError(f"--out {out}: the folder {out.expanduser().parent} does not exist")
-    run_dirs = expand(refs, output_root(output_dir))
+    run_dirs = select_run_dirs(refs, where, output_root(output_dir))
     histories = [(d.name, read_history(d, kinds)) for d in run_dirs]  # every run read before anything is written
     if fmt == "csv":
         text = export_csv(histories)

@@ -19,8 +19,10 @@ EPILOG = ("TARGET is a run directory, a run id prefix or name (looked up under -
 
 
 def report(
-    targets: List[str] = typer.Argument(..., help="Sweep/run directories, run id prefixes or names.",
-                                        show_default=False),
+    targets: Optional[List[str]] = typer.Argument(None, help="Sweep/run directories, run id prefixes or names "
+                                                  "(none: every run --where selects).", show_default=False),
+    where: Optional[str] = typer.Option(None, "--where", "-w", help="Only runs matching this query, e.g. "
+                                        "\"norm.kind != 'none' and val_acc > 0.9\" (docs/query.md)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the figures and report.md."),
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", help="Where run ids are looked up (default: $BNEXP_OUTPUT_DIR or ./outputs)."),
@@ -33,14 +35,20 @@ def report(
     Welch's t-test says whether a difference between settings exceeds seed noise."""
     from rich.console import Console
 
+    from bnexp.commands._shared import output_root, select_run_dirs
     from bnexp.views.report import build_report, check_out_dir, collect_run_dirs, default_out_dir
 
-    run_dirs = collect_run_dirs(targets, output_dir)
+    targets = list(targets or [])
+    if where:
+        run_dirs = select_run_dirs(targets, where, output_root(output_dir))
+    else:
+        run_dirs = collect_run_dirs(targets, output_dir)
     if out is None:
         out = default_out_dir(targets, output_dir)
         check_out_dir(out)
     skipped: list[str] = []
-    written = build_report(run_dirs, out, title=title, sources=list(targets), skipped=skipped)
+    sources = targets + ([f"--where {where}"] if where else [])
+    written = build_report(run_dirs, out, title=title, sources=sources, skipped=skipped)
     for problem in skipped:
         Console(stderr=True).print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     typer.echo(f"report of {len(run_dirs) - len(skipped)} run(s) written to {out}/")

@@ -14,7 +14,15 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
-from bnexp.commands._shared import console, examples, output_dir_option, output_root, refs_argument, show
+from bnexp.commands._shared import (
+    console,
+    examples,
+    output_dir_option,
+    output_root,
+    refs_argument,
+    select_run_dirs,
+    show,
+)
 from bnexp.core.errors import BnexpError
 
 STOP_WAIT_S = 30.0  # rm --force: how long a stopped run may take to end before its directory goes
@@ -95,6 +103,8 @@ def _empty_trash(root: Path, yes: bool) -> None:
 
 def rm(
     refs: Optional[List[str]] = refs_argument("Runs or sweeps: directories, unique id prefixes or names.", False),
+    where: Optional[str] = typer.Option(None, "--where", "-w", help="Remove the runs this query selects (among "
+                                        "the runs named, or all), e.g. \"status == 'failed'\" (docs/query.md)."),
     purge: bool = typer.Option(False, "--purge", help="Delete for good instead of moving to the trash."),
     empty_trash: bool = typer.Option(False, "--empty-trash", help="Delete everything in the trash for good."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
@@ -113,8 +123,11 @@ def rm(
         if refs:
             raise BnexpError("--empty-trash takes no runs: it deletes what the trash holds")
         return _empty_trash(root, yes)
+    if where:  # the runs themselves, never their whole sweep
+        refs = [str(d) for d in select_run_dirs(refs, where, root)]
     if not refs:
-        raise BnexpError("name the runs or sweeps to remove (ids, prefixes, names or directories)")
+        raise BnexpError("name the runs or sweeps to remove (ids, prefixes, names or directories), or select "
+                         "them with --where")
     targets = _removal_targets(list(refs), root)  # everything is resolved before anything moves
     if not force:
         for _, path, _ in targets:

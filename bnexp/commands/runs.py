@@ -19,6 +19,7 @@ from bnexp.commands._shared import (
     problem,
     show,
     status_cell,
+    where_option,
     wide_option,
 )
 from bnexp.core.errors import BnexpError
@@ -79,25 +80,54 @@ def runs(
     reverse: bool = typer.Option(False, "--reverse", "-r", help="Flip the sort order."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help=f"Show the first N after sorting (0: all; "
                                         f"default: all with --json, the first {TABLE_ROWS} in the table)."),
+    where: Optional[str] = where_option(),
+    group_by: Optional[str] = typer.Option(None, "--group-by", "-g", help="One row per distinct value of these "
+                                           "comma-separated keys (record or config: norm.kind,model.name) with "
+                                           "n, mean ± std, min and max of each --metric."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric summarized by --group-by "
+                                               "(repeatable; default best_val_acc and val_loss)."),
+    export: Optional[str] = typer.Option(None, "--export", help="With --group-by: print the table as csv or "
+                                         "latex (booktabs) instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs' records (with tags and note) as a JSON list."),
     wide: bool = wide_option(),
     output_dir: Optional[str] = output_dir_option(),
 ) -> None:
     """List runs as a table (newest first), with filters; --json for scripts. On a narrow terminal
     less important columns give way (--wide shows them all)."""
-    from bnexp.store.registry import check_choices, check_statuses, filter_runs, load_runs, parse_since, sort_runs
+    from bnexp.core.query import compile_query
+    from bnexp.store.registry import (
+        check_choices,
+        check_root,
+        check_statuses,
+        filter_runs,
+        load_runs,
+        parse_since,
+        sort_runs,
+        where_filter,
+    )
+    from bnexp.views.paper_tables import EXPORT_FORMATS
 
     check_statuses(status or [])
     if limit is not None and limit < 0:
         raise BnexpError(f"--limit {limit}: must be >= 0")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise BnexpError(f"--export {export}: valid formats are {', '.join(EXPORT_FORMATS)}")
+    if (export or metric) and not group_by:
+        raise BnexpError(f"{'--export' if export else '--metric'} goes with --group-by KEYS")
+    if where:
+        compile_query(where)  # a malformed query fails before anything is read
     root = output_root(output_dir)
+    check_root(root, output_dir)
     cutoff = parse_since(since) if since else None
     found = load_runs(root)
     for option, values in (("model", model), ("norm", norm), ("dataset", dataset), ("experiment", experiment)):
         check_choices(option, values or [], found)
-    records = sort_runs(filter_runs(found, status=status or (), model=model or (), norm=norm or (), sweep=sweep,
-                                    since=cutoff, experiment=experiment or (), dataset=dataset or (), name=name,
-                                    tags=tag or ()), sort, reverse)
+    records = sort_runs(where_filter(filter_runs(found, status=status or (), model=model or (), norm=norm or (),
+                                                 sweep=sweep, since=cutoff, experiment=experiment or (),
+                                                 dataset=dataset or (), name=name, tags=tag or ()), where),
+                        sort, reverse)
+    if group_by:
+        return print_groups(records, group_by, metric or ["best_val_acc", "val_loss"], export, as_json, wide)
     if limit is None and not as_json:
         limit = TABLE_ROWS
     shown = records[:limit] if limit else records
@@ -113,6 +143,51 @@ def runs(
     for r in shown:
         if r.status in ("unreadable", "dead"):
             problem(r.status, r.id, r.message)
+
+
+def print_groups(records: list, group_by: str, metrics: list[str], export: Optional[str], as_json: bool,
+                 wide: bool) -> None:
+    """``runs --group-by``: one row per group, n and the spread of each metric."""
+    import dataclasses
+
+    from bnexp.core.vocab import METRICS
+    from bnexp.store.registry import known_keys, run_values
+    from bnexp.views.paper_tables import group_runs, group_table, spread_cells
+    from bnexp.views.terminal import Column, FittedTable
+
+    keys = [k.strip() for k in group_by.split(",") if k.strip()]
+    if not keys:
+        raise BnexpError(f"--group-by {group_by!r}: name one key or more, comma-separated (norm.kind,model.name)")
+    for m in metrics:
+        if m not in METRICS:
+            raise BnexpError(f"--metric {m}: valid metrics are {', '.join(METRICS)}")
+    rows = [run_values(r, keys) for r in records if r.status != "unreadable"]
+    known = known_keys().union(*rows) if rows else known_keys()
+    for key in keys:
+        if rows and key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            raise BnexpError(f"--group-by {key}: no run has this key" +
+                             (f"; did you mean {', '.join(close)}?" if close else ""))
+    groups = group_runs(rows, keys, metrics)
+    if as_json:
+        print_json([{"group": dict(zip(keys, g.values)), "runs": g.runs,
+                     "metrics": {m: dataclasses.asdict(s) if s else None for m, s in g.metrics.items()}}
+                    for g in groups])
+        return
+    if export:
+        typer.echo(group_table(groups, keys, metrics, export), nl=False)
+        return
+    columns = [*[Column(k) for k in keys], Column("n", "right"),
+               *[c for m in metrics for c in (Column(f"{m} mean ± std", "right"),
+                                              Column("min" if len(metrics) == 1 else f"{m} min", "right", 3),
+                                              Column("max" if len(metrics) == 1 else f"{m} max", "right", 3))]]
+    table_rows = [[*("-" if v is None else str(v) for v in g.values), str(g.runs),
+                   *[x for m in metrics for x in spread_cells(g.metrics[m])]]
+                  for g in groups]
+    show(FittedTable(columns, table_rows, wide=wide, hint="--wide shows every column",
+                     title=f"{len(rows)} runs in {len(groups)} groups by {', '.join(keys)}"), wide)
 
 
 def register(app: typer.Typer) -> None:

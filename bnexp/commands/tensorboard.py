@@ -13,6 +13,8 @@ REFRESH_S = 5.0  # how often runs that appeared since (a running sweep's new job
 
 def tensorboard(
     refs: Optional[List[str]] = typer.Argument(None, help="Runs or sweeps: id prefixes, names or directories."),
+    where: Optional[str] = typer.Option(None, "--where", "-w", help="Only runs matching this query (among "
+                                        "those named, or all), e.g. \"norm.kind == 'custom'\" (docs/query.md)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: Optional[int] = typer.Option(
         None, "--port", "-p", help="Port; taken -> error. Default 6006, or the next free port (said plainly)."),
@@ -32,6 +34,10 @@ def tensorboard(
 
     console = Console(stderr=True)
     root = Path(output_dir) if output_dir else default_root()
+    if where:
+        from bnexp.commands._shared import select_run_dirs
+
+        refs = [str(d) for d in select_run_dirs(refs, where, root)]
     chosen_port, note = dashboard.choose_port(host, port)
     with sigterm_as_interrupt(), dashboard.private_dir() as tmp:
         logdir = dashboard.Logdir(Path(tmp) / "logdir", list(refs or []), root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -22,6 +23,11 @@ class Entry:
     sweep: Optional[str] = None
 
 
+def natural_key(name: str) -> list:
+    """Sort key putting numbers in numeric order: a sweep's jobs 0, 1, 2, ... 10, not 0, 1, 10, 2."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def scan(root: Path | str) -> Iterator[Entry]:
     """Every run and sweep directory under ``root``, in sorted order (a sweep before its jobs), with
     what the walk saw anyway: file names and sweep membership. Plain strings and one ``scandir``
@@ -29,7 +35,7 @@ def scan(root: Path | str) -> Iterator[Entry]:
     folder (the trash) or through a symlink."""
     def visit(directory: str, sweep: Optional[str]) -> Iterator[Entry]:
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(os.scandir(directory), key=lambda e: natural_key(e.name))
         except OSError:
             return
         files = frozenset(e.name for e in entries if not e.is_dir(follow_symlinks=False))

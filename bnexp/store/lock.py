@@ -81,6 +81,17 @@ def is_locked(directory: Path) -> bool:
         os.close(fd)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this machine (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def liveness(directory: Path, owner: Optional[dict], heartbeat: Optional[str]) -> tuple[bool, str]:
     """``(alive, why)`` for a directory whose record says ``running``. On this host the lock is the
     truth; a run owned by another host (shared filesystem) is alive while its heartbeat is fresh."""

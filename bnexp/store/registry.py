@@ -9,6 +9,7 @@ whose writer is gone is shown as ``dead``, with how to continue it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -225,3 +226,64 @@ def read_sweep(sweep_dir: Path) -> dict:
             sweep["message"] = f"{why}; continue with: bnexp sweep --resume {Path(sweep_dir).name}"
     return sweep
 
+
+
+def record_values(record: RunRecord) -> dict[str, Any]:
+    """A run's record as the flat keys a ``--where`` query reads: the record's fields (``status``,
+    ``model``, ``seed``, ``tags``...), each final metric both as ``val_acc`` and ``metrics.val_acc``,
+    and ``repro.*``. The composed config (``optimizer.lr``, ``norm.kind``...) is added by
+    :func:`where_filter` only when a query asks for a key the record does not have."""
+    data = record.as_dict()
+    values = {k: v for k, v in data.items() if k not in ("metrics", "repro", "owner")}
+    for key, value in (record.metrics or {}).items():
+        values.setdefault(key, value)
+        values[f"metrics.{key}"] = value
+    for key, value in (record.repro or {}).items():
+        values[f"repro.{key}"] = value
+    return values
+
+
+def run_values(record: RunRecord, keys: Iterable[str]) -> dict[str, Any]:
+    """:func:`record_values`, plus the run's flattened config when one of ``keys`` is not in the
+    record (read only then: most queries need no config file). A run whose config cannot be read
+    simply has no config keys."""
+    values = record_values(record)
+    if any(key not in values for key in keys) and record.dir and record.status != "unreadable":
+        try:
+            values = {**run_config(Path(record.dir)), **values}
+        except UnreadableFile:
+            pass
+    return values
+
+
+def known_keys() -> set[str]:
+    """Keys every run may have even where none of those at hand does: record fields and metrics."""
+    return set(METRICS) | {f"metrics.{m}" for m in METRICS} | {f.name for f in dataclasses.fields(RunRecord)} | \
+        {"tags", "note"}
+
+
+def where_filter(records: list[RunRecord], where: Optional[str]) -> list[RunRecord]:
+    """The records a ``--where`` query selects (all when there is none). A key that no run has and
+    bnexp does not know is an error (a typo), not an empty selection."""
+    if not where:
+        return records
+    from bnexp.core.query import MISSING, compile_query
+
+    query = compile_query(where)
+    known = known_keys()
+    selected = []
+    for record in records:
+        values = run_values(record, query.keys)
+        known.update(values)
+        if query.matches(lambda key: values.get(key, MISSING)):
+            selected.append(record)
+    if records:
+        query.check_keys(known)
+    return selected
+
+
+def check_root(root: Path, given: Optional[str]) -> None:
+    """An ``--output-dir`` that exists must be a directory: ``/etc/passwd`` is an error, not an
+    empty registry (one that does not exist yet simply has no runs so far)."""
+    if given is not None and root.exists() and not root.is_dir():
+        raise BnexpError(f"--output-dir {given}: not a directory")

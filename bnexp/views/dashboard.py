@@ -163,21 +163,13 @@ def _die_with(parent: int) -> Callable[[], None]:
 def private_dir() -> tempfile.TemporaryDirectory:
     """A temporary directory for one dashboard, named after this process; those of earlier
     dashboards whose process is gone (killed with -9) are removed first."""
+    from bnexp.store.lock import pid_alive
+
     for stale in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
         pid = stale.name[len(TEMP_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)  # links inside are unlinked, never followed
     return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TensorBoard:

@@ -100,3 +100,16 @@ def welch(a: Summary, b: Summary) -> Optional[Welch]:
     from scipy.special import stdtr  # Student-t CDF; scipy.special loads far faster than scipy.stats
 
     return Welch(diff, t, df, float(2 * stdtr(df, -abs(t))))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate
+    without assuming independence): the i-th smallest p times (m - i + 1), kept monotone, at most
+    1. NaN p-values (nothing to judge) stay NaN and do not count in m."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
