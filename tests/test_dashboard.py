@@ -18,7 +18,7 @@ import pytest
 from conftest import TINY as SHARED_TINY
 
 from bnexp.core.errors import BnexpError
-from bnexp.tracking.hparams import FINAL_METRICS, write_sweep_experiment
+from bnexp.tracking.hparams import FINAL_TAGS, write_sweep_experiment
 from bnexp.views.dashboard import DEFAULT_PORT, choose_port
 
 TINY = [*SHARED_TINY, "hist_every_steps=0"]
@@ -73,7 +73,7 @@ def test_tensorboard_serves_a_sweep_and_stops_on_ctrl_c(cli):
         # HParams: one table, one row per job, the swept key first, final metrics as metrics
         experiment = get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         assert experiment["hparamInfos"][0]["name"] == "norm.kind" and experiment["hparamInfos"][0]["differs"]
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(FINAL_METRICS)
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(FINAL_TAGS)
         groups = get(f"{base}/data/plugin/hparams/session_groups", {
             "experimentName": "", "startIndex": 0, "sliceSize": 100,
             "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
@@ -81,7 +81,7 @@ def test_tensorboard_serves_a_sweep_and_stops_on_ctrl_c(cli):
                           {"metric": {"tag": "final/val_acc", "group": ""}, "includeInResult": True}]})
         assert sorted(g["hparams"]["norm.kind"] for g in groups["sessionGroups"]) == ["custom", "none"]
         for group in groups["sessionGroups"]:
-            assert {m["name"]["tag"] for m in group["metricValues"]} == set(FINAL_METRICS)
+            assert {m["name"]["tag"] for m in group["metricValues"]} == set(FINAL_TAGS)
         # a job that starts while the dashboard is up appears too
         shutil.copytree(sweep_dir / f"{sweep_dir.name}-0-mlp-none", sweep_dir / f"{sweep_dir.name}-2-mlp-none")
         poll(lambda: get(f"{base}/data/plugin/scalars/tags"), lambda t: f"{sweep_dir.name}/2-mlp-none" in t)
@@ -136,7 +136,7 @@ def test_sweep_experiment_leads_with_the_swept_keys(tmp_path):
     experiment = metadata.parse_experiment_plugin_data(content)
     assert [(h.name, h.differs) for h in experiment.hparam_infos] == [
         ("optimizer.lr", True), ("norm.kind", True), ("model.name", False), ("epochs", False), ("status", False)]
-    assert [m.name.tag for m in experiment.metric_infos] == list(FINAL_METRICS)
+    assert [m.name.tag for m in experiment.metric_infos] == list(FINAL_TAGS)
 
 
 def test_a_killed_dashboard_takes_tensorboard_with_it(bnexp, tmp_path):

@@ -86,7 +86,8 @@ CASES = [("custom", True), ("builtin", True), ("custom", False), ("builtin", Fal
 GRADIENT_WORKER = """
 import pickle, sys, torch, torch.distributed as dist, torch.nn.functional as F
 from bnexp.engine.ranks import Ranks
-from bnexp.nn.models import build_model, synchronize_norms
+from bnexp.nn.models import build_model
+from bnexp.nn.norms import synchronize_norms
 
 dist.init_process_group("gloo")
 ranks = Ranks(rank=dist.get_rank(), size=2)

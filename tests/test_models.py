@@ -11,7 +11,7 @@ from bnexp.core.errors import BnexpError
 from bnexp.nn.models import build_model, norm_layers
 
 MODELS = ("mlp", "lenet", "convnet")
-NORMS = ("none", "custom", "builtin")
+NORMS = ("none", "custom", "builtin", "layer", "group")  # every entry of the norm registry
 
 
 def configs(model: str, norm: str, *extra: str):

@@ -16,7 +16,7 @@ import pytest
 from conftest import TINY as SHARED_TINY
 from conftest import one_line_error
 
-from bnexp.tracking.hparams import FINAL_METRICS
+from bnexp.tracking.hparams import FINAL_TAGS
 
 TINY = [*SHARED_TINY, "hist_every_steps=0"]
 
@@ -70,7 +70,7 @@ def test_grid_sweep_runs_every_job_despite_divergence(cli):
     # each job logs a session (its row) and no experiment of its own
     columns, metrics = experiment_columns(sweep_dir)
     assert columns[:2] == [("norm.kind", True), ("optimizer.lr", True)]
-    assert not any(differs for _, differs in columns[2:]) and metrics == list(FINAL_METRICS)
+    assert not any(differs for _, differs in columns[2:]) and metrics == list(FINAL_TAGS)
     completed = next(sweep_dir / name for name, j in jobs.items() if j["status"] == "completed")
     assert set(hparams_summaries(completed)) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
     listed = json.loads(cli("runs", "--sweep", sweep_dir.name[:20], "--json").stdout)
@@ -97,7 +97,7 @@ def test_submitit_local_launcher(bnexp):
 
 def test_dry_run_expands_hydra_sweep_syntax(cli):
     out = cli("sweep", "norm=glob(*)", "batch_size=range(32,97,32)", "seed=choice(1,2)", "--dry-run").stdout
-    assert "18 jobs" in out
+    assert "30 jobs" in out  # glob(*) is every norm option: 5 norms x 3 batch sizes x 2 seeds
     assert "norm=builtin batch_size=32 seed=1" in out and "norm=none batch_size=96 seed=2" in out
     out = cli("sweep", "--trials", "4", "--dry-run", "optimizer.lr=tag(log,interval(0.001,1))",
               "epochs=interval(1,4)", "norm=none,custom").stdout

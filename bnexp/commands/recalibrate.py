@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from bnexp.commands import add
+from bnexp.config.groups import NORMS
 from bnexp.core.errors import BnexpError
 
 RECALIBRATED_FILE = "checkpoint.recalibrated.pt"
@@ -62,8 +63,9 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
     from bnexp.store.run import load_saved
 
     cfg, _ = load_saved(run_dir)
-    if cfg.norm.kind == "none":
-        raise BnexpError(f"run {run_dir.name} was trained with norm=none: it has no running statistics to recalibrate")
+    if not NORMS[cfg.norm.kind].running_stats:
+        raise BnexpError(f"run {run_dir.name} was trained with norm={cfg.norm.kind}: it has no running statistics "
+                         "to recalibrate")
     batches = batches or cfg.recalibrate_batches or load([]).recalibrate_batches
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -7,6 +7,7 @@ default) is :mod:`bnexp.config.schema`; the tables of swappable parts :mod:`bnex
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any, Optional
 
@@ -17,6 +18,8 @@ from bnexp.config.groups import (
     DATASETS,
     DEVICES,
     INITS,
+    LOGGER_PACKAGES,
+    LOGGERS,
     MODELS,
     NORMS,
     OPTIMIZERS,
@@ -146,6 +149,11 @@ def validate(cfg: DictConfig) -> None:
     _require(n.momentum is None or 0 <= n.momentum <= 1, f"norm.momentum={n.momentum}: must be in [0, 1] or null")
     _require(n.ghost_batch_size is None or n.ghost_batch_size >= 2,
              f"norm.ghost_batch_size={n.ghost_batch_size}: must be >= 2 (examples per virtual batch) or null")
+    spec = NORMS[n.kind]
+    for key, supported in (("ghost_batch_size", spec.ghost), ("sync", spec.sync), ("compile", spec.compile)):
+        _require(supported or not n[key], f"norm.{key}={n[key]}: norm={n.kind} does not take it; valid with "
+                 f"norm={', '.join(k for k, s in NORMS.items() if getattr(s, key.split('_')[0]))}")
+    _require(n.groups >= 1, f"norm.groups={n.groups}: must be >= 1")
     _require(not (n.sync and n.ghost_batch_size),
              "norm.sync=true with norm.ghost_batch_size: pick one (synchronized statistics span the global "
              "batch, ghost statistics a part of the local one)")
@@ -158,12 +166,18 @@ def validate(cfg: DictConfig) -> None:
     _choice("optimizer.schedule", o.schedule, SCHEDULES)
     _choice("device", cfg.device.type, DEVICES)
     validate_dataset(cfg.dataset)
+    for sink in cfg.logger.sinks:
+        _choice("logger.sinks", sink, LOGGERS)
+        package, extra = LOGGER_PACKAGES.get(sink, (None, None))
+        _require(package is None or importlib.util.find_spec(package) is not None,
+                 f"logger.sinks={sink}: the {package} package is not installed; pip install '{extra}'")
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps={cfg.max_steps}: must be >= 1 or null")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
-    _require(cfg.batch_size >= 2 or n.kind == "none",
-             f"batch_size={cfg.batch_size} with norm={n.kind}: batch norm needs at least 2 examples per "
-             "training batch; use batch_size>=2 or norm=none")
+    _require(cfg.batch_size >= spec.min_batch,
+             f"batch_size={cfg.batch_size} with norm={n.kind}: it needs at least {spec.min_batch} examples per "
+             f"training batch; use batch_size>={spec.min_batch} or a norm without batch statistics "
+             f"({', '.join(k for k, s in NORMS.items() if s.min_batch <= cfg.batch_size)})")
     _require(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
     _require(cfg.nproc >= 1, f"nproc={cfg.nproc}: must be >= 1 (processes of data-parallel training)")
     _require(cfg.batch_size % cfg.nproc == 0,

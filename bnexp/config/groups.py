@@ -33,8 +33,36 @@ ACTIVATIONS = {"relu": "torch.nn.ReLU", "sigmoid": "torch.nn.Sigmoid", "tanh": "
 INITS = ("default", "xavier_uniform", "normal")
 
 
-# norm kind -> the module holding BatchNorm1d/BatchNorm2d (None: identity sites)
-NORMS = {"none": None, "custom": "bnexp.nn.batchnorm", "builtin": "torch.nn"}
+class NormSpec(NamedTuple):
+    """What a normalization is: the one place every layer asks (``NORMS[cfg.norm.kind]``) instead
+    of testing the name. Adding a normalization is one entry here, its builder (a function
+    ``build(norm_cfg, spatial, num_features) -> nn.Module``, in its own module under ``bnexp/nn``
+    or in :mod:`bnexp.nn.norms`) and one YAML file under ``conf/norm`` (docs/architecture.md)."""
+
+    build: Optional[str]  # dotted path of the builder; None: identity sites (nothing normalizes)
+    running_stats: bool = False  # keeps running statistics: eval differs from train (train/eval gap, recalibration)
+    min_batch: int = 1  # fewest examples a (per-process) training batch needs: 2 when statistics span the batch
+    ghost: bool = False  # takes norm.ghost_batch_size (statistics over virtual batches)
+    sync: bool = False  # takes norm.sync (statistics over every process's batch)
+    compile: bool = False  # takes norm.compile (a torch.compile'd kernel)
+    title: str = ""  # how figures and tables name it
+    color: str = "#7f7f7f"  # its colour in figures
+
+
+NORMS = {
+    "none": NormSpec(None, title="without BN (norm=none)"),
+    "custom": NormSpec("bnexp.nn.norms.custom_batch_norm", running_stats=True, min_batch=2, ghost=True, sync=True,
+                       compile=True, title="with BN (norm=custom)", color="#ff7f0e"),
+    "builtin": NormSpec("bnexp.nn.norms.torch_batch_norm", running_stats=True, min_batch=2, ghost=True, sync=True,
+                        title="with BN (norm=builtin)", color="#1f77b4"),
+    "layer": NormSpec("bnexp.nn.norms.layer_norm", title="LayerNorm (norm=layer)", color="#2ca02c"),
+    "group": NormSpec("bnexp.nn.norms.group_norm", title="GroupNorm (norm=group)", color="#9467bd"),
+}
+
+
+# logger sink -> its class (bnexp.tracking.sinks.Sink); metrics.jsonl is always written besides them
+LOGGERS = {"tensorboard": "bnexp.tracking.sinks.TensorBoardSink", "mlflow": "bnexp.tracking.mlflow.MLflowSink"}
+LOGGER_PACKAGES = {"mlflow": ("mlflow", "bnexp[mlflow]")}  # sinks needing an optional package: (import, extra)
 
 
 # optimizer -> (class, the optimizer keys it takes)

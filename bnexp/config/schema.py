@@ -27,6 +27,7 @@ class NormConfig:
     compile: bool = False
     ghost_batch_size: Optional[int] = None  # statistics over virtual batches of this size (Hoffer et al. 2017)
     sync: bool = False  # with nproc > 1: statistics over the global batch (all ranks)
+    groups: int = 2  # norm=group: channel groups per site (must divide every layer width)
 
 
 @dataclass
@@ -66,12 +67,23 @@ class DatasetConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The ``logger`` node: where measurements are written besides metrics.jsonl."""
+
+    name: str = "tensorboard"
+    sinks: List[str] = field(default_factory=lambda: ["tensorboard"])  # names in config.groups.LOGGERS
+    mlflow_uri: Optional[str] = None  # mlflow: tracking URI (null: sqlite:///<output_dir>/mlflow.db)
+    mlflow_experiment: str = "bnexp"  # mlflow: experiment the runs are filed under
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     epochs: int = 5
     max_steps: Optional[int] = None
     batch_size: int = 64
@@ -79,7 +91,7 @@ class RunConfig:
     seed: int = 0
     threads: Optional[int] = None
     nproc: int = 1
-    recalibrate_batches: int = 0
+    recalibrate_batches: int = 20
     log_every_steps: int = 10
     hist_every_steps: int = 100
     log_channels: int = 16
@@ -91,7 +103,7 @@ class RunConfig:
 
 
 GROUP_SCHEMAS = {"model": ModelConfig, "norm": NormConfig, "optimizer": OptimizerConfig, "device": DeviceConfig,
-                 "dataset": DatasetConfig}
+                 "dataset": DatasetConfig, "logger": LoggerConfig}
 
 
 # What may change when a run is continued (resume=RUN epochs=N): how long it trains.

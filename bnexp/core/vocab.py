@@ -13,7 +13,6 @@ from typing import Any
 METRICS = ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss",
            "val_acc_batch_stats", "val_loss_batch_stats", "val_acc_recalibrated", "val_loss_recalibrated")
 # The ones a sweep can sort by or an Optuna search can optimize.
-OBJECTIVES = METRICS
 
 
 def higher_is_better(metric: str) -> bool:
@@ -32,7 +31,7 @@ RESUMABLE = ("interrupted", "failed", "dead")
 # Top-level config keys that say where or how a run ran or what it measured, not what it trained: left out of
 # "key overrides", of the keys that differ between runs, of HParams and of report labels.
 PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
-                 "hist_every_steps", "log_channels", "device", "recalibrate_batches")
+                 "hist_every_steps", "log_channels", "device", "recalibrate_batches", "logger")
 
 
 def is_plumbing(key: str) -> bool:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from bnexp.config.groups import OPTIMIZERS, import_object
+from bnexp.config.groups import NORMS, OPTIMIZERS, import_object
 from bnexp.core.errors import BnexpError, Diverged, describe_error
 from bnexp.engine.callbacks import Callbacks, Outcome, TrainLog
 from bnexp.engine.evaluate import evaluation_sums
@@ -65,11 +65,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_size: int)
 
 
 def smallest_batch(cfg: DictConfig) -> int:
-    """The fewest examples a training batch may hold: one per rank, two per rank for BN with
-    per-replica statistics (one example has none), two in all for synchronized BN."""
-    uses_bn = cfg.norm.kind != "none"
-    per_rank = 2 if uses_bn and not cfg.norm.sync else 1
-    return max(per_rank * cfg.nproc, 2 if uses_bn else 1)
+    """The fewest examples a training batch may hold: one per rank, or the norm's own minimum
+    (:class:`~bnexp.config.groups.NormSpec`: two for BN, one example has no batch statistics) per
+    rank, or in all for synchronized statistics."""
+    needs = NORMS[cfg.norm.kind].min_batch
+    return max((1 if cfg.norm.sync else needs) * cfg.nproc, needs)
 
 
 @dataclass
@@ -199,7 +199,7 @@ def _maybe_compile(loop: Loop) -> float:
     eval graphs) on a real batch, so the one-off cost is measured and shown rather than hidden in
     the first step. Parameters and BN buffers are restored afterwards: the warm-up leaves no trace."""
     cfg, model = loop.cfg, loop.module
-    if cfg.norm.kind != "custom" or not cfg.norm.compile:
+    if not (NORMS[cfg.norm.kind].compile and cfg.norm.compile):
         return 0.0
     import copy
 

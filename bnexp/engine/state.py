@@ -26,7 +26,6 @@ class Loop:
     progress: Progress
     total_steps: int
     epochs: int
-    uses_bn: bool
     min_batch: int  # a smaller last batch of an epoch is dropped (smallest_batch)
     started: float  # perf_counter() at the start, minus the time earlier sessions of the run took
     compile_s: float = 0.0

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from bnexp.config.compose import one_line, validate_name
 from bnexp.core.errors import BnexpError
-from bnexp.core.vocab import OBJECTIVES, fmt_seconds, higher_is_better, is_plumbing
+from bnexp.core.vocab import METRICS, fmt_seconds, higher_is_better, is_plumbing
 from bnexp.engine.callbacks import Callback
 from bnexp.store.catalog import iter_run_dirs, resolve
 from bnexp.store.files import CHECKPOINT_FILE, RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, write_json
@@ -207,8 +207,8 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
 
     from bnexp.config.compose import load
 
-    if metric not in OBJECTIVES:
-        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(OBJECTIVES)}")
+    if metric not in METRICS:
+        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(METRICS)}")
     if sampler not in SAMPLERS:
         raise BnexpError(f"--sampler {sampler}: valid samplers are {', '.join(SAMPLERS)}")
     if trials is not None and trials < 1:

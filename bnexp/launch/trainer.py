@@ -63,7 +63,8 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     """:func:`train` in this process, as rank ``ranks.rank`` of ``ranks.size``: every rank builds the
     same model and sees its shard of each batch; rank 0 alone keeps the run and its listeners."""
     from bnexp.data.datasets import load_dataset
-    from bnexp.nn.models import build_model, synchronize_norms
+    from bnexp.nn.models import build_model
+    from bnexp.nn.norms import synchronize_norms
 
     lead = ranks.rank == 0
     opened = Run.open(resume) if resume is not None and lead else None  # first: a busy run is refused early
@@ -73,12 +74,12 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
         device = ranks.device
         torch.manual_seed(cfg.seed)
         data = load_dataset(dataset_settings(cfg), device)
-        uses_bn, min_batch = cfg.norm.kind != "none", smallest_batch(cfg)
+        min_batch = smallest_batch(cfg)
         steps_per_epoch = len(epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, 0, min_batch))
         if steps_per_epoch == 0:
             where = f" with nproc={cfg.nproc}" if cfg.nproc > 1 else ""
             raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); "
-                             f"{'batch norm' if uses_bn else 'training'}{where} needs >= {min_batch}")
+                             f"{f'norm={cfg.norm.kind}' if min_batch > 1 else 'training'}{where} needs >= {min_batch}")
         module = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
         sync_note = synchronize_norms(module, cfg.norm, device)
         optimizer = build_optimizer(cfg.optimizer, module.parameters())
@@ -104,7 +105,7 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     run = (opened or create_run(cfg, overrides, run_dir, str(device), {**reproducibility(device), **execution})) if lead else None
     loop = Loop(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
                 progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
-                uses_bn=uses_bn, min_batch=min_batch, run=run, ranks=ranks, record_every=int(cfg.hist_every_steps),
+                min_batch=min_batch, run=run, ranks=ranks, record_every=int(cfg.hist_every_steps),
                 started=time.perf_counter() - (run.record.duration_s if run else 0.0))
     resumed_at = state.step if opened is not None else None
     listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
@@ -114,9 +115,10 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
 
 def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resumed_at: Optional[int],
                   progress: bool) -> list[Callback]:
-    """Everything that watches a run (rank 0's alone): its record, checkpoint, TensorBoard,
-    diagnostics, progress bar. ``resumed_at``: the checkpoint's step, for a continued run."""
+    """Everything that watches a run (rank 0's alone): its record, checkpoint, telemetry into the
+    ``logger``'s sinks, diagnostics, progress bar. ``resumed_at``: the checkpoint's step, for a continued run."""
     from bnexp.tracking.diagnostics import diagnostics
+    from bnexp.tracking.sinks import open_sinks
     from bnexp.tracking.telemetry import Telemetry
 
     resumed = resumed_at is not None
@@ -125,8 +127,8 @@ def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resum
         listeners.append(_ConfigRefresh(cfg, overrides))
     if cfg.checkpoint:
         listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
-    telemetry = Telemetry(run, cfg, module, purge_step=resumed_at + 1 if resumed else None)
-    listeners += [telemetry, *diagnostics(cfg, run, module, telemetry.writer)]
+    sinks = open_sinks(run, cfg, resumed_at)
+    listeners += [Telemetry(run, cfg, module, sinks), *diagnostics(cfg, run, module, sinks)]
     if progress:
         listeners.append(ProgressBar())
     return listeners

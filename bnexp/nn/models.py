@@ -1,16 +1,14 @@
 """The three model families, built as flat ``nn.Sequential`` stacks with named norm sites.
 
 Every affine/conv layer that feeds an activation is followed by a *norm site* (``norm1``,
-``norm2``, ...): BatchNorm1d after linear layers, BatchNorm2d after convolutions, or
-``nn.Identity`` for ``norm=none`` so the trainer can log the same pre-activations either way.
+``norm2``, ...): the layer ``norm.kind`` builds (:mod:`bnexp.nn.norms`), or ``nn.Identity`` for
+``norm=none`` so the trainer can log the same pre-activations either way.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
 
-import torch
 from torch import nn
 
 from bnexp.config.groups import ACTIVATIONS, MODELS, NORMS, import_object
@@ -26,45 +24,10 @@ class NormNet(nn.Sequential):
 
 
 def make_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
-    """BatchNorm2d after convolutions, BatchNorm1d after linear layers (from the module that
-    ``norm.kind`` names), or an identity site for ``norm=none``. Ghost batches: the custom layer
-    takes them as an argument, torch's layer is wrapped (:class:`bnexp.nn.batchnorm.GhostBatchNorm`).
-    Synchronized statistics (``norm.sync``): the custom layer takes them as an argument too; torch's
-    layers are converted once the device is known (:func:`synchronize_norms`)."""
-    source = NORMS[norm_cfg.kind]
-    if source is None:
-        return nn.Identity()
-    cls = import_object(f"{source}.BatchNorm{'2d' if spatial else '1d'}")
-    ghost = norm_cfg.ghost_batch_size
-    if norm_cfg.kind == "custom":
-        options = {"ghost_batch_size": ghost} if ghost else {}
-        if getattr(norm_cfg, "sync", False):
-            options["sync"] = True
-        return cls(num_features, eps=norm_cfg.eps, momentum=norm_cfg.momentum, **options)
-    layer = cls(num_features, eps=norm_cfg.eps, momentum=norm_cfg.momentum)
-    if ghost:
-        from bnexp.nn.batchnorm import GhostBatchNorm
-
-        return GhostBatchNorm(layer, ghost)
-    return layer
-
-
-def synchronize_norms(model: nn.Module, norm_cfg, device: torch.device) -> Optional[str]:
-    """With ``norm.sync=true``, make torch's BN layers take their statistics over every process's
-    batch: ``nn.SyncBatchNorm`` on CUDA; elsewhere bnexp's synchronized layer (the same statistics
-    and gradients), since torch's refuses CPU tensors. Returns a one-line note when it stands in.
-    (bnexp's layers are built synchronized by :func:`make_norm`; without a process group of several
-    ranks, synchronized layers are plain batch norm.)"""
-    if norm_cfg.kind != "builtin" or not getattr(norm_cfg, "sync", False):
-        return None
-    if device.type == "cuda":
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return None
-    from bnexp.nn.batchnorm import convert_sync_batchnorm
-
-    convert_sync_batchnorm(model)
-    return (f"norm=builtin norm.sync=true on {device.type}: torch's SyncBatchNorm runs on CUDA only, so bnexp's "
-            "synchronized BatchNorm (bnexp.nn.batchnorm, same statistics and gradients) stands in for it")
+    """The norm site after a convolution (``spatial``) or a linear layer, as the norm's entry in
+    :data:`bnexp.config.groups.NORMS` builds it; an identity for ``norm=none``."""
+    spec = NORMS[norm_cfg.kind]
+    return import_object(spec.build)(norm_cfg, spatial, num_features) if spec.build else nn.Identity()
 
 
 class _Builder:

@@ -61,10 +61,6 @@ class DirLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
 
 def is_locked(directory: Path) -> bool:
     """Whether some live process holds ``<dir>/.lock`` (probed with a non-blocking try, released at once)."""

@@ -37,19 +37,21 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from bnexp.config.groups import NORMS
 from bnexp.engine.callbacks import Callback
 from bnexp.engine.recalibrate import buffers_restored, recalibrate, recalibration_batches
 from bnexp.nn.models import norm_layers
+from bnexp.tracking.sinks import Sink
 
 
-def diagnostics(cfg: DictConfig, run, model, writer) -> list[Callback]:
-    """The diagnostic listeners for this run: the train/eval gap for runs with BN, gradient
-    telemetry (into the run's TensorBoard ``writer``) when histograms are on."""
+def diagnostics(cfg: DictConfig, run, model, sinks: list[Sink]) -> list[Callback]:
+    """The diagnostic listeners for this run: the train/eval gap for norms with running statistics,
+    gradient telemetry (into the run's ``sinks``) when histograms are on."""
     listeners: list[Callback] = []
-    if cfg.norm.kind != "none":
+    if NORMS[cfg.norm.kind].running_stats:
         listeners.append(TrainEvalGap(int(cfg.recalibrate_batches)))
     if cfg.hist_every_steps:
-        listeners.append(GradientTelemetry(run, model, writer))
+        listeners.append(GradientTelemetry(run, model, sinks))
     return listeners
 
 
@@ -103,10 +105,10 @@ def affine_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
 
 class GradientTelemetry(Callback):
     """Gradient and effective-LR scalars and pre-activation gradient histograms on histogram steps
-    (``loop.hist_due``), written with the run's TensorBoard writer (Telemetry owns and closes it)."""
+    (``loop.hist_due``), handed to the run's sinks (Telemetry closes them)."""
 
-    def __init__(self, run, model, writer):
-        self.run, self.model, self.writer = run, model, writer
+    def __init__(self, run, model, sinks: list[Sink]):
+        self.run, self.model, self.sinks = run, model, sinks
         self.layers = preceding_layers(model)
         self.sites = [site for site, _ in norm_layers(model)]
         self.handles: list = []
@@ -140,14 +142,13 @@ class GradientTelemetry(Callback):
             self.log(loop.progress.step, loop.epoch)
 
     def log(self, step: int, epoch: int) -> None:
-        from bnexp.tracking.telemetry import HISTOGRAM_BINS
-
         at_forward, self.at_forward = self.at_forward, {}
         input_grads, self.input_grads = self.input_grads, {}
         for site in self.sites:
             grad = input_grads.get(site)
             if grad is not None:
-                self.writer.add_histogram(f"grad/{site}", grad, step, bins=HISTOGRAM_BINS)
+                for sink in self.sinks:
+                    sink.histogram(f"grad/{site}", grad, step)
             norms: dict[str, torch.Tensor] = {}
             layer = self.layers.get(site)
             if site in at_forward and layer.weight.grad is not None:
@@ -160,8 +161,8 @@ class GradientTelemetry(Callback):
             numbers = dict(zip(norms, torch.stack([v.float() for v in norms.values()]).cpu().tolist()))
             if "weight_norm" in numbers:
                 numbers["effective_lr"] = at_forward[site][0] / max(numbers["weight_norm"] ** 2, 1e-30)
-            for name, value in numbers.items():
-                self.writer.add_scalar(f"{name}/{site}", value, step)
+            for sink in self.sinks:
+                sink.scalars({f"{name}/{site}": value for name, value in numbers.items()}, step)
             record = {"kind": "grad", "step": step, "epoch": epoch, "site": site, **numbers}
             if site in at_forward:
                 record["lr"] = at_forward[site][0]

@@ -11,7 +11,8 @@ CORE_HPARAMS = ("model.name", "norm.kind", "optimizer.name", "optimizer.lr", "ba
                 "epochs", "seed", "status")
 
 
-FINAL_METRICS = ("final/val_acc", "final/best_val_acc", "final/val_loss", "final/train_loss", "final/train_acc")
+FINAL_METRICS = ("val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc")  # a run's HParams metrics
+FINAL_TAGS = tuple(f"final/{m}" for m in FINAL_METRICS)  # their TensorBoard tags
 
 
 GROUP_KEYS = ("name", "kind", "type")  # what identifies a group's choice: model.name, norm.kind, device.type
@@ -30,7 +31,7 @@ def _hparam_type(value: Any) -> int:
     return api_pb2.DATA_TYPE_STRING
 
 
-def experiment_summary(params: dict[str, Any], leading: Iterable[str], metric_tags: Iterable[str] = FINAL_METRICS):
+def experiment_summary(params: dict[str, Any], leading: Iterable[str], metric_tags: Iterable[str] = FINAL_TAGS):
     """The HParams experiment (the table's columns): ``leading`` keys marked ``differs``, then the
     core keys, each typed from its value in ``params``; ``metric_tags`` as the metrics."""
     from tensorboard.compat.proto import summary_pb2

@@ -201,8 +201,6 @@ class TensorBoard:
         self.stop()
         raise BnexpError(f"TensorBoard did not answer on {self.url} within {timeout:.0f} s (its log: {self.log})")
 
-    def wait(self) -> int:
-        return self.process.wait()
 
     def stop(self) -> None:
         """Stop its whole process group (TensorBoard may start a data-server child)."""

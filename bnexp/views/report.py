@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from bnexp.config.groups import NORMS
 from bnexp.core.errors import BnexpError
 from bnexp.core.vocab import fmt_number, is_plumbing
 from bnexp.store.catalog import expand, resolve_all
@@ -56,9 +57,9 @@ from bnexp.store.record import read_record
 from bnexp.store.registry import default_root
 from bnexp.views.stats import SEED_KEY, Summary, differing_settings, seed_cells, summarize, welch
 
-NORM_ORDER = ("none", "custom", "builtin")
-NORM_COLORS = {"none": "#7f7f7f", "custom": "#ff7f0e", "builtin": "#1f77b4"}
-NORM_TITLES = {"none": "without BN (norm=none)", "custom": "with BN (norm=custom)", "builtin": "with BN (norm=builtin)"}
+NORM_ORDER = tuple(NORMS)  # the norm registry (bnexp.config.groups) says how each norm is named and coloured
+NORM_COLORS = {kind: spec.color for kind, spec in NORMS.items()}
+NORM_TITLES = {kind: spec.title for kind, spec in NORMS.items()}
 # Colours of the cells when all share one norm (matplotlib's tab10 without its grey)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
