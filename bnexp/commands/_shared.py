@@ -50,7 +50,21 @@ def print_json(data) -> None:
     import json
     import sys
 
-    typer.echo(json.dumps(data, indent=2 if sys.stdout.isatty() else None, default=str))
+    typer.echo(json.dumps(finite(data), indent=2 if sys.stdout.isatty() else None, default=str, allow_nan=False))
+
+
+def finite(data):
+    """``data`` with NaN and infinities as None: ``--json`` output is strict JSON (``jq`` and
+    other readers refuse ``NaN``); the tables still show the value."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
 
 
 def console():
@@ -68,7 +82,9 @@ def problem(label: str, what: str, message) -> None:
     """One red ``label what: message`` line (the message printed as it is, never as markup)."""
     from rich.text import Text
 
-    console().print(Text(f"{label}", style="red") + Text(f" {what}: {message}"))
+    from bnexp.core.text import escape
+
+    console().print(Text(f"{label}", style="red") + Text(escape(f" {what}: {message}")))
 
 
 def status_cell(status: Optional[str]) -> tuple[str, str]:

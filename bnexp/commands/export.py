@@ -52,15 +52,15 @@ def export(
     kind: Optional[List[str]] = typer.Option(None, "--kind", help="Which records: train (per logged step), "
                                              "epoch, activation, grad (BN diagnostics); repeatable. Default: train "
                                              "and epoch."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (atomically) instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (atomically; a link you name is followed, the file's permissions kept; - is stdout) instead of stdout."),
     output_dir: Optional[str] = output_dir_option(),
 ) -> None:
     """Export runs' full per-step and per-epoch histories (from metrics.jsonl) as CSV or JSON."""
     import json
 
-    from bnexp.store.files import write_atomic
     from bnexp.store.history import KINDS, read_history
     from bnexp.store.registry import load_record
+    from bnexp.store.safeio import UnsafeFile, write_user_file
 
     if fmt not in FORMATS:
         raise BnexpError(f"--format {fmt}: valid formats are {', '.join(FORMATS)}")
@@ -68,6 +68,8 @@ def export(
     for k in kinds:
         if k not in KINDS:
             raise BnexpError(f"--kind {k}: valid kinds are {', '.join(KINDS)}")
+    if out is not None and str(out) == "-":
+        out = None
     if out is not None and not out.expanduser().parent.is_dir():
         raise BnexpError(f"--out {out}: the folder {out.expanduser().parent} does not exist")
     run_dirs = select_run_dirs(refs, where, output_root(output_dir))
@@ -82,7 +84,9 @@ def export(
         typer.echo(text, nl=False)
         return
     try:
-        write_atomic(out.expanduser(), text)
+        write_user_file(out, text)
+    except UnsafeFile as exc:
+        raise BnexpError(f"--out {exc}") from None
     except OSError as exc:
         raise BnexpError(f"--out {out}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {sum(len(r) for _, h in histories for r in h.values())} records of {len(run_dirs)} "

@@ -181,7 +181,7 @@ def restore(
                          title=f"{len(items)} in the trash ({trash_dir(root)}); bnexp restore ID puts one back"))
         return
     for item in find_trashed(list(refs), items):
-        out.print(f"restored {item.kind} {put_back(item)}")
+        out.print(f"restored {item.kind} {put_back(item, root)}")
 
 
 def register(app: typer.Typer) -> None:

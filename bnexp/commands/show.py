@@ -124,6 +124,7 @@ def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
 def _show_sweep(sweep_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
     from rich.text import Text
 
+    from bnexp.core.text import escape
     from bnexp.store.catalog import iter_run_dirs
     from bnexp.store.registry import read_sweep
     from bnexp.store.sweeps import job_rows
@@ -135,16 +136,17 @@ def _show_sweep(sweep_dir: Path, as_json: bool, wide: bool, curves: bool) -> Non
         print_json({**sweep, "dir": str(sweep_dir), "jobs": [r.as_dict() for r in rows]})
         return
     out = console()
-    out.print(Text("sweep ") + Text(str(sweep.get("id")), style="bold") +
-              Text(f" ({sweep.get('status')}): {' '.join(sweep.get('overrides', []))}\n"
-                   f"  launcher {sweep.get('launcher')}, started {sweep.get('started')}, dir {sweep_dir}"))
+    out.print(Text("sweep ") + Text(escape(sweep.get("id")), style="bold") +
+              Text(escape(f" ({sweep.get('status')}): {' '.join(sweep.get('overrides', []))}\n"
+                          f"  launcher {sweep.get('launcher')}, started {sweep.get('started')}, dir {sweep_dir}",
+                          keep="\n")))
     if sweep.get("message"):
-        out.print(Text(f"  {sweep['message']}"))
+        out.print(Text(escape(f"  {sweep['message']}")))
     show(sweep_table(sweep, rows, sweep.get("metric") or "best_val_acc", wide=wide), wide)
     best = (sweep.get("optuna") or {}).get("best")
     if best:
-        out.print(Text(f"best trial {best['trial']}: {sweep.get('metric')} {best['value']:.4f} "
-                       f"with {best['params']} (run {best['run']})"))
+        out.print(Text(escape(f"best trial {best['trial']}: {sweep.get('metric')} {best['value']:.4f} "
+                       f"with {best['params']} (run {best['run']})")))
     jobs = list(iter_run_dirs(sweep_dir))
     if curves and jobs:
         from bnexp.commands.curves import print_curves

@@ -13,6 +13,7 @@ import typer
 from bnexp.commands import add
 from bnexp.commands._shared import console, examples, output_dir_option, output_root, refs_argument
 from bnexp.core.errors import BnexpError
+from bnexp.core.text import escape
 
 
 def tag(
@@ -32,13 +33,13 @@ def tag(
         if remove:
             raise BnexpError("--remove needs the tags to remove")
         for run_dir in run_dirs:
-            out.print(f"{run_dir.name}: {' '.join(read_labels(run_dir).tags) or '(no tags)'}")
+            out.print(escape(f"{run_dir.name}: {' '.join(read_labels(run_dir).tags) or '(no tags)'}"))
         return
     for t in tags:
         check_tag(t)  # every tag checked before any run is changed
     for run_dir in run_dirs:
         labels = update_labels(run_dir, remove=tags) if remove else update_labels(run_dir, add=tags)
-        out.print(f"{run_dir.name}: {' '.join(labels.tags) or '(no tags)'}")
+        out.print(escape(f"{run_dir.name}: {' '.join(labels.tags) or '(no tags)'}"))
 
 
 def note(
@@ -62,7 +63,7 @@ def note(
         update_labels(run_dir, clear_note=True)
         out.print(f"{run_dir.name}: note removed")
     elif text is None:
-        out.print(read_labels(run_dir).note or "(no note)", markup=False)
+        out.print(escape(read_labels(run_dir).note or "(no note)", keep="\n\t"), markup=False)
     else:
         update_labels(run_dir, note=text)
         out.print(f"{run_dir.name}: note saved")

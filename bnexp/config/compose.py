@@ -27,8 +27,9 @@ from bnexp.config.groups import (
     config_dir,
     group_options,
 )
-from bnexp.config.schema import MAX_NAME, DatasetConfig, RunConfig, register_schemas
+from bnexp.config.schema import GROUP_SCHEMAS, MAX_NAME, DatasetConfig, RunConfig, register_schemas
 from bnexp.core.errors import BnexpError
+from bnexp.core.text import escape, has_control
 
 
 def _root_schema() -> DictConfig:
@@ -75,10 +76,38 @@ def unknown_key(key: str) -> BnexpError:
                       f"{', '.join(valid)}")
 
 
+# Hydra keys that would put a run somewhere else than bnexp does (and which bnexp would ignore).
+PLACEMENT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.runtime.output_dir")
+RESOLVER_CALL = re.compile(r"\$\{\s*[^}]*:")  # ${oc.env:X}, ${oc.decode:...}, ${now:...}: a resolver call
+
+
 def check_overrides(overrides: list[str]) -> None:
+    """Refuse, before anything is composed, overrides that are not plain settings: malformed ones,
+    ones holding control characters (they would be replayed raw on a terminal by every view),
+    resolver calls (``${oc.env:SECRET}`` would copy a secret into config.yaml and the checkpoint),
+    and Hydra's placement keys, which bnexp ignores (``output_dir`` decides where runs go)."""
     for item in overrides:
+        if has_control(item):
+            raise BnexpError(f"override {escape(item)}: control characters are not allowed in overrides")
         if "=" not in item and not item.startswith("~"):
             raise BnexpError(f"malformed override '{item}': expected key=value (e.g. model=lenet)")
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if key in PLACEMENT_KEYS:
+            raise BnexpError(f"{key}=: bnexp places runs itself; use output_dir=DIR (runs go to DIR/runs, "
+                             "sweeps to DIR/sweeps)")
+        if RESOLVER_CALL.search(value):
+            raise BnexpError(f"{key}={value}: resolvers such as ${{oc.env:...}} are not allowed in overrides "
+                             "(give the value itself)")
+
+
+def config_keys() -> frozenset:
+    """Every key an override may set: config groups, and each node and leaf of the schema."""
+    keys = {"experiment", *GROUP_SCHEMAS}
+    for key in flatten(OmegaConf.to_container(_root_schema(), resolve=False)):
+        parts = key.split(".")
+        keys.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return frozenset(keys)
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -100,9 +129,12 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def check_schema(cfg: DictConfig | dict) -> DictConfig:
     """Merge onto the typed schema: wrong types and unknown keys become one-line errors."""
-    from omegaconf.errors import ConfigKeyError, ValidationError
+    from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except InterpolationResolutionError as exc:
+        raise BnexpError(f"{exc.full_key}: its value cannot be resolved ({one_line(exc).split(' full_key')[0]})") from None
     plain.pop("hydra", None)
     try:
         merged = OmegaConf.merge(_root_schema(), plain)
@@ -196,8 +228,8 @@ def validate_name(key: str, name: Optional[str]) -> None:
     """A label that becomes part of a directory name: short, and made of safe characters."""
     if name is None:
         return
-    _require(re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", name) is not None,
-             f"{key}={name}: use letters, digits, '.', '_' and '-' only (not starting with '-')")
+    _require(re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", name) is not None and set(name) != {"."},
+             f"{key}={escape(name)}: use letters, digits, '.', '_' and '-' only (not starting with '-', not only dots)")
     _require(len(name) <= MAX_NAME, f"{key}={name[:20]}...: {len(name)} characters; at most {MAX_NAME}")
 
 

@@ -71,5 +71,7 @@ def error_line(message: str, label: str = "error") -> None:
     from rich.console import Console
     from rich.text import Text
 
+    from bnexp.core.text import escape
+
     style = "bold yellow" if label != "error" else "bold red"
-    Console(stderr=True, soft_wrap=True).print(Text(f"{label}: ", style=style) + Text(" ".join(message.split())))
+    Console(stderr=True, soft_wrap=True).print(Text(f"{label}: ", style=style) + Text(escape(" ".join(message.split()))))

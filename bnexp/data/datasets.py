@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import math
+import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,29 +305,49 @@ def _find_idx_file(directory: Path, kind: str, dims: int) -> Path:
     return directory / found[0]
 
 
+MAX_IDX_VALUES = 1 << 32  # 4 GB of uint8 values: more than any dataset this trainer holds in memory
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an IDX file (gzip or raw): magic number, big-endian int32 sizes, then uint8 values."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BnexpError(f"cannot read {path}: {exc.strerror}") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise BnexpError(f"{path.name}: broken gzip data ({exc})") from exc
+    """Parse an IDX file (gzip or raw): magic number, big-endian int32 sizes, then uint8 values.
+    The header is checked before anything is allocated: a non-regular file (``/dev/zero``, a FIFO)
+    is refused without reading it, negative or absurd sizes are refused, a raw file must be exactly
+    as long as its header says, and a gzip file is decompressed only up to that length (a gzip bomb
+    declaring 8 GB stops at its header)."""
     dims = magic & 0xFF
     header_size = 4 + 4 * dims
-    found_magic = int.from_bytes(raw[:4], "big")
-    if found_magic != magic or len(raw) < header_size:
-        raise BnexpError(f"{path.name}: not an IDX file of uint8 with {dims} dimension(s) "
-                         f"(magic number 0x{found_magic:08x}, expected 0x{magic:08x})")
-    shape = tuple(int(n) for n in np.frombuffer(raw, dtype=">i4", count=dims, offset=4))
-    values = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
-    if values.size != int(np.prod(shape)):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BnexpError(f"cannot read {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BnexpError(f"{path}: not a regular file (a FIFO or a device?); give an IDX file")
+        compressed = handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+        stream = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+        try:
+            header = stream.read(header_size)
+            found_magic = int.from_bytes(header[:4], "big")
+            if found_magic != magic or len(header) < header_size:
+                raise BnexpError(f"{path.name}: not an IDX file of uint8 with {dims} dimension(s) "
+                                 f"(magic number 0x{found_magic:08x}, expected 0x{magic:08x})")
+            shape = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big", signed=True) for i in range(dims))
+            count = math.prod(shape)
+            if any(n < 0 for n in shape) or count > MAX_IDX_VALUES:
+                raise BnexpError(f"{path.name}: header says {'x'.join(map(str, shape))} values, which no IDX dataset "
+                                 "holds (negative or too large)")
+            if not compressed and info.st_size != header_size + count:
+                raise BnexpError(f"{path.name}: header says {'x'.join(map(str, shape))} values "
+                                 f"but the file holds {info.st_size - header_size}")
+            data = stream.read(count + 1)  # at most one byte more than the header promises
+        except (OSError, EOFError, zlib.error) as exc:
+            raise BnexpError(f"{path.name}: broken gzip data ({exc})") from exc
+    if len(data) != count:
         raise BnexpError(f"{path.name}: header says {'x'.join(map(str, shape))} values "
-                         f"but the file holds {values.size}")
-    return values.reshape(shape).copy()
+                         f"but the file holds {'more' if len(data) > count else len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
 # How each kind of dataset in bnexp.config.groups.DATASETS is loaded.

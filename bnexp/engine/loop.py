@@ -25,6 +25,7 @@ from bnexp.core.errors import BnexpError, Diverged, describe_error
 from bnexp.engine.callbacks import Callbacks, Outcome, TrainLog
 from bnexp.engine.evaluate import evaluation_sums
 from bnexp.engine.state import Loop
+from bnexp.store.run import RunMoved
 
 
 def resolve_device(kind: str) -> torch.device:
@@ -107,6 +108,8 @@ def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
         outcome = Outcome("completed")
     except Diverged as exc:
         outcome = Outcome("diverged", str(exc))
+    except RunMoved as exc:
+        outcome = Outcome("interrupted", str(exc))
     except KeyboardInterrupt:
         where = loop.run.path if loop.run else "RUN"
         outcome = Outcome("interrupted", f"stopped at step {loop.progress.step} (epoch {loop.epoch} of "

@@ -107,6 +107,50 @@ def _launcher(hydra_overrides: list[str], launcher: Optional[str], jobs: Optiona
     return name, result
 
 
+# Launcher settings that would run commands or move files (submitit's shell setup lines, extra
+# sbatch or srun arguments, its working folder): never taken from a record, nor from the command line.
+UNSAFE_LAUNCHER_SETTINGS = ("setup", "srun_args", "additional_parameters", "submitit_folder", "python")
+HYDRA_GROUPS = ("hydra/launcher", "hydra/job_logging", "hydra/hydra_logging")
+
+
+def check_hydra_override(override: str, source: str = "") -> None:
+    """Of Hydra's own settings a sweep takes only what bnexp itself sets: the launcher, its logging
+    and plain launcher settings. Callbacks, ``_target_`` (anything Hydra would instantiate) and
+    placement keys are refused with one line (``source`` names the file they came from)."""
+    from bnexp.config.compose import PLACEMENT_KEYS
+
+    key = override_key(override)
+    where = f"{source}: " if source else ""
+    if key in PLACEMENT_KEYS:
+        raise BnexpError(f"{where}{key}=: bnexp places sweeps itself; use output_dir=DIR (sweeps go to DIR/sweeps)")
+    setting = key[len("hydra.launcher."):] if key.startswith("hydra.launcher.") else None
+    if key in HYDRA_GROUPS or key in HYDRA_DEFAULTS or (
+            setting and setting.isidentifier() and not setting.startswith("_")
+            and setting not in UNSAFE_LAUNCHER_SETTINGS):
+        return
+    raise BnexpError(f"{where}{key}: not a setting a bnexp sweep takes (only hydra/launcher=NAME and plain "
+                     "hydra.launcher.SETTING values; nothing Hydra would instantiate or run); refused")
+
+
+def check_recorded_plan(p: Plan, source: Path) -> None:
+    """Overrides read back from a sweep's record are data: every bnexp override must name a key of
+    bnexp's own config (or a config group), every Hydra override a launcher setting bnexp writes.
+    Anything else (``+hydra.callbacks.x._target_=...``, ``+model._target_=...``, a resolver) is refused
+    with one line naming the file, before Hydra sees it."""
+    from bnexp.config.compose import check_overrides, config_keys
+
+    known = config_keys()
+    for override in p.hydra_overrides:
+        check_hydra_override(override, str(source))
+    for override in [*p.overrides, *p.fixed, *(o for job in p.grid for o in job)]:
+        try:
+            check_overrides([override])
+        except BnexpError as exc:
+            raise BnexpError(f"{source}: {exc}") from None
+        if override_key(override) not in known:
+            raise BnexpError(f"{source}: {override_key(override)}: not a bnexp config key; refused")
+
+
 def joblib_workers(n_jobs: int) -> int:
     """joblib's reading of n_jobs: -1 is every core, -2 all but one, ..."""
     cores = os.cpu_count() or 1
@@ -218,6 +262,11 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
             raise BnexpError(f"malformed override '{item}': expected key=value (e.g. norm=none,custom)")
     hydra_args = [a for a in args if override_key(a).split("/")[0].split(".")[0] == "hydra"]
     task = [a for a in args if a not in hydra_args]
+    from bnexp.config.compose import check_overrides
+
+    check_overrides(task)
+    for override in hydra_args:
+        check_hydra_override(override)
     if any(override_key(a) == "resume" for a in task):
         raise BnexpError("resume= continues one run; use `bnexp train resume=RUN` (or --study to continue a search)")
     loader = ConfigLoaderImpl(config_search_path=_search_path())
@@ -637,6 +686,7 @@ def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: O
     try:
         sweep = read_sweep(sweep_dir)
         p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+        check_recorded_plan(p, sweep_dir / SWEEP_FILE)
         if trials is not None:
             if p.kind != "optuna":
                 raise BnexpError(f"--trials {trials}: {sweep_dir.name} is a grid; --trials continues Optuna searches")

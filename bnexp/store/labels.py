@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 
 from bnexp.core.errors import BnexpError
 from bnexp.store.files import UnreadableFile, read_json_object, write_json
+from bnexp.store.safeio import open_lock
 
 LABELS_FILE = "labels.json"
 LOCK_FILE = ".labels.lock"
@@ -69,7 +70,7 @@ def update_labels(run_dir: Path, *, add: Iterable[str] = (), remove: Iterable[st
         check_note(note)
     run_dir = Path(run_dir)
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_lock(run_dir / LOCK_FILE)  # never through a planted link
     except OSError as exc:
         raise BnexpError(f"cannot label {run_dir}: {exc.strerror or exc}") from None
     try:

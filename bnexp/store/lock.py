@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bnexp.core.errors import BnexpError
-from bnexp.store.files import RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, parse_time, read_json_object
+from bnexp.store.files import RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, parse_time, read_json_object, read_text
+from bnexp.store.safeio import open_lock
 
 LOCK_FILE = ".lock"
 
@@ -41,13 +42,20 @@ class DirLock:
         self.path = Path(directory) / LOCK_FILE
         self.fd: Optional[int] = None
 
-    def acquire(self, describe: Callable[[], str]) -> "DirLock":
-        """Take the lock or raise :class:`RunBusy` with ``describe()`` (who holds it)."""
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + LOCK_WAIT_S
+    def acquire(self, describe: Callable[[], str], wait_s: float = LOCK_WAIT_S) -> "DirLock":
+        """Take the lock or raise :class:`RunBusy` with ``describe()`` (who holds it). The lock file
+        is opened without following a planted link, and names its holder (``pid host``), so a
+        refusal can name the owning process even before the record does."""
+        self.fd = open_lock(self.path)
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    os.ftruncate(self.fd, 0)
+                    os.pwrite(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+                except OSError:  # a full disk: the lock itself still holds
+                    pass
                 return self
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -65,7 +73,7 @@ class DirLock:
 def is_locked(directory: Path) -> bool:
     """Whether some live process holds ``<dir>/.lock`` (probed with a non-blocking try, released at once)."""
     try:
-        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -104,12 +112,26 @@ def liveness(directory: Path, owner: Optional[dict], heartbeat: Optional[str]) -
     return False, f"no heartbeat from {host} for {age / 60:.0f} min" if beat else f"no heartbeat from {host}"
 
 
+def lock_holder(directory: Path) -> Optional[str]:
+    """``pid N on HOST`` as written into ``<dir>/.lock`` by the process holding it, if readable."""
+    try:
+        fields = read_text(Path(directory) / LOCK_FILE, limit=4096).split()
+    except UnreadableFile:
+        return None
+    if len(fields) >= 2 and fields[0].isdigit():
+        return f"pid {fields[0]} on {fields[1]}"
+    return None
+
+
 def busy_message(directory: Path, what: str = "run") -> str:
-    """Who holds a directory's lock, for the refusal message."""
+    """Who holds a directory's lock, for the refusal message: the pid the lock file names (its
+    holder wrote it there), else the owner of the record."""
     try:
         owner = read_json_object(Path(directory) / (SWEEP_FILE if what == "sweep" else RUN_FILE)).get("owner") or {}
     except UnreadableFile:
         owner = {}
-    who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner.get("pid") else "another process"
+    owner = owner if isinstance(owner, dict) else {}
+    who = lock_holder(directory) or (f"pid {owner.get('pid')} on {owner.get('host')}" if owner.get("pid")
+                                     else "another process")
     return (f"{what} {Path(directory).name} is being written by {who} (since {owner.get('since', '?')}); "
             f"wait for it to end or stop it first")

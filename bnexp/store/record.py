@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bnexp.store.files import RUN_FILE, UnreadableFile, read_json_object, write_atomic
+from bnexp.store.safeio import check_depth
 
 INDEX_FILE, INDEX_VERSION = ".index.json", 1  # the registry's cache of run.json records (RecordCache)
 MAX_INDEX_BYTES = 1 << 30
@@ -76,6 +77,8 @@ class RunRecord:
                 extra[key] = value
         if type(known.get("id")) is not str:
             raise UnreadableFile(f"{source}: no run id")
+        for value in (known.get("owner"), known.get("repro"), extra):
+            check_depth(value, source, limit=8)
         for name, values, accepted in (("overrides", known.get("overrides") or (), {str}),
                                        ("metrics", (known.get("metrics") or {}).values(), NUMBERS | {type(None)})):
             for value in values:

@@ -216,9 +216,55 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if not is_plumbing(k) and len({repr(c.get(k)) for c in configs}) > 1]
 
 
+_STR, _NUM = (str,), (int, float)
+# sweep.json field -> (accepted types, what is expected in words, the type of each item for lists)
+SWEEP_FIELDS: dict[str, tuple[tuple, str, Optional[tuple]]] = {
+    "id": (_STR, "a string", None), "status": (_STR, "a string", None), "kind": (_STR, "a string", None),
+    "started": (_STR + (type(None),), "a string or null", None), "ended": (_STR + (type(None),), "a string or null", None),
+    "heartbeat": (_STR + (type(None),), "a string or null", None), "message": (_STR + (type(None),), "a string or null", None),
+    "owner": ((dict, type(None)), "an object or null", None), "launcher": (_STR, "a string", None),
+    "metric": (_STR, "a string", None), "sampler": (_STR, "a string", None), "output_dir": (_STR, "a string", None),
+    "jobs_at_once": ((int,), "an integer", None), "trials": ((int,), "an integer", None),
+    "sampler_seed": ((int,), "an integer", None),
+    "overrides": ((list,), "a list of strings", _STR), "hydra_overrides": ((list,), "a list of strings", _STR),
+    "swept": ((list,), "a list of strings", _STR), "fixed": ((list,), "a list of strings", _STR),
+    "grid": ((list,), "a list of lists of strings", (list,)), "jobs": ((list,), "a list of job records", (dict,)),
+    "space": ((dict,), "an object", None), "optuna": ((dict,), "an object", None),
+}
+
+
+def check_sweep(sweep: dict, source: Any) -> dict:
+    """Type-check a ``sweep.json`` field by field (an :class:`UnreadableFile` naming the field):
+    a record from elsewhere with a number for a job directory or a string for its owner is one
+    line, never a TypeError in whatever reads it next."""
+    from bnexp.store.safeio import check_depth
+
+    check_depth(sweep, source, limit=8)
+    for key, (types, words, item_types) in SWEEP_FIELDS.items():
+        if key not in sweep:
+            continue
+        value = sweep[key]
+        if type(value) not in types:
+            raise UnreadableFile(f"{source}: field {key!r} is {type(value).__name__}, expected {words}")
+        if item_types and not all(type(item) in item_types for item in value):
+            raise UnreadableFile(f"{source}: field {key!r} is not {words}")
+    for job in sweep.get("grid", []):
+        if not all(type(o) is str for o in job):
+            raise UnreadableFile(f"{source}: field 'grid' is not a list of lists of strings")
+    for job in sweep.get("jobs", []):
+        if type(job.get("id")) is not str or type(job.get("dir")) not in (str, type(None)):
+            raise UnreadableFile(f"{source}: a job in 'jobs' has no string id or dir")
+        RunRecord.from_json({k: v for k, v in job.items() if k not in ("dir", "sweep", "recorded_status")},
+                            f"{source} (job {job['id'][:80]})")
+    if not all(type(v) is str for v in sweep.get("space", {}).values()):
+        raise UnreadableFile(f"{source}: field 'space' is not an object of strings")
+    return sweep
+
+
 def read_sweep(sweep_dir: Path) -> dict:
-    """A sweep's ``sweep.json``, with a ``running`` sweep whose process is gone shown as ``dead``."""
-    sweep = read_json_object(Path(sweep_dir) / SWEEP_FILE)
+    """A sweep's ``sweep.json``, type-checked, with a ``running`` sweep whose process is gone shown
+    as ``dead``."""
+    sweep = check_sweep(read_json_object(Path(sweep_dir) / SWEEP_FILE), Path(sweep_dir) / SWEEP_FILE)
     if sweep.get("status") == "running":
         alive, why = liveness(sweep_dir, sweep.get("owner"), sweep.get("heartbeat"))
         if not alive:

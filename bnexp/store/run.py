@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import secrets
 import shutil
 import time
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.config.compose import check_schema, one_line, override_value, validate
 from bnexp.config.groups import DATASETS
 from bnexp.core.errors import BnexpError
+from bnexp.core.text import escape
 from bnexp.store.files import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -30,6 +32,11 @@ from bnexp.store.files import (
 )
 from bnexp.store.lock import HEARTBEAT_S, DirLock, busy_message, owner_info
 from bnexp.store.record import RunRecord, read_record
+from bnexp.store.safeio import open_append, open_file
+
+
+class RunMoved(BnexpError):
+    """The directory of a run being trained was moved or deleted (``bnexp rm --force``, by hand)."""
 
 
 class Run:
@@ -42,6 +49,19 @@ class Run:
     def __init__(self, path: Path, record: RunRecord, lock: DirLock):
         self.path, self.record, self.lock = Path(path), record, lock
         self._saved_at = 0.0
+        # files are written relative to the directory itself, not its path: a run moved away while
+        # it trains (to the trash, by hand) keeps its record with it, and :meth:`moved` notices
+        self.dir_fd: Optional[int] = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        info = os.fstat(self.dir_fd)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def moved(self) -> bool:
+        """Whether the run's path no longer names the directory this process writes."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return True
+        return (info.st_dev, info.st_ino) != self._identity
 
     @classmethod
     def create(cls, run_dir: Path, record: RunRecord, files: dict[str, str], made_dir: bool) -> "Run":
@@ -87,12 +107,12 @@ class Run:
         a final status lost."""
         text = json.dumps(self.record.to_json(), indent=2, default=str) + "\n"
         try:
-            write_atomic(self.path / RUN_FILE, text)
+            write_atomic(self.path / RUN_FILE, text, dir_fd=self.dir_fd)
         except OSError as exc:
-            if exc.errno != errno.ENOSPC or not (self.path / RUN_FILE).is_file():
+            if exc.errno != errno.ENOSPC:
                 raise
             try:
-                with open(self.path / RUN_FILE, "r+") as handle:
+                with os.fdopen(open_file(RUN_FILE, os.O_WRONLY, dir_fd=self.dir_fd), "w") as handle:
                     handle.write(text)
                     handle.truncate()
             except OSError:
@@ -106,7 +126,8 @@ class Run:
             self.save()
 
     def log(self, entry: dict) -> None:
-        with open(self.path / METRICS_FILE, "a") as handle:
+        """Append one record to metrics.jsonl (never through a planted link: see bnexp.store.safeio)."""
+        with os.fdopen(open_append(METRICS_FILE, dir_fd=self.dir_fd), "w") as handle:
             handle.write(json.dumps(entry) + "\n")
 
     def truncate_metrics(self, last_step: int) -> None:
@@ -115,7 +136,7 @@ class Run:
         if (self.path / METRICS_FILE).exists():
             kept = [line for line, entry in read_metrics(self.path)
                     if isinstance(entry.get("step"), int) and entry["step"] <= last_step]
-            write_atomic(self.path / METRICS_FILE, "".join(line + "\n" for line in kept))
+            write_atomic(self.path / METRICS_FILE, "".join(line + "\n" for line in kept), dir_fd=self.dir_fd)
 
     def finish(self, status: str, message: Optional[str]) -> Optional[str]:
         """Record how the run ended. Returns None, or why the status could not be written (a full
@@ -130,6 +151,9 @@ class Run:
 
     def close(self) -> None:
         self.lock.release()
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
 
 
 def unique_dir(parent: Path, stem: str) -> Path:
@@ -158,11 +182,27 @@ def run_stem(model: str, norm: str, name: Optional[str] = None) -> str:
     return "-".join([time.strftime("%Y%m%d-%H%M%S"), model, norm] + ([name] if name else []))
 
 
+def check_saved_values(data: Any, source: Any, prefix: str = "") -> None:
+    """A saved config is stored resolved: an interpolation in it (``${oc.env:SECRET}``) was planted,
+    and is refused rather than resolved."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_saved_values(value, source, f"{prefix}{key}.")
+    elif isinstance(data, list):
+        for value in data:
+            check_saved_values(value, source, prefix)
+    elif isinstance(data, str) and "${" in data:
+        raise UnreadableFile(f"{source}: {prefix.rstrip('.')} holds an interpolation ({escape(data[:60])}), which "
+                             "bnexp never saves; refused")
+
+
 def load_saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
     """A run's own config and overrides, as saved in its directory, checked like a new one: what a
     continued run or a re-run sweep job trains with."""
     run_dir = Path(run_dir)
-    cfg = check_schema(read_yaml_mapping(run_dir / CONFIG_FILE))
+    data = read_yaml_mapping(run_dir / CONFIG_FILE)
+    check_saved_values(data, run_dir / CONFIG_FILE)
+    cfg = check_schema(data)
     validate(cfg)
     overrides: Any = []
     if (run_dir / OVERRIDES_FILE).exists():

@@ -25,7 +25,7 @@ def job_rows(sweep_dir: Path, new_rows: list = ()) -> list[RunRecord]:
     failed before training started). Jobs deleted since (``bnexp rm``) are dropped."""
     try:
         known = [RunRecord(**{k: v for k, v in j.items() if k in RunRecord.__dataclass_fields__})
-                 for j in read_sweep(sweep_dir).get("jobs", []) if isinstance(j, dict) and "id" in j]
+                 for j in read_sweep(sweep_dir).get("jobs", [])]  # type-checked by read_sweep
     except (UnreadableFile, TypeError):
         known = []
     rows = {(r.dir or f"#{i}"): r for i, r in enumerate([*known, *new_rows])}

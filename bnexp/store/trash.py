@@ -18,7 +18,7 @@ from typing import Optional
 
 from bnexp.core.errors import BnexpError
 from bnexp.store.catalog import label_of
-from bnexp.store.files import UnreadableFile, now_iso, read_json_object, remove_dir, write_json
+from bnexp.store.files import RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, read_json_object, remove_dir, write_json
 from bnexp.store.run import unique_dir
 
 TRASH_DIR = ".trash"
@@ -107,8 +107,21 @@ def find_trashed(refs: list[str], items: list[Trashed]) -> list[Trashed]:
     return list(found.values())
 
 
-def restore(item: Trashed) -> Path:
-    """Move an entry back where it came from; refused if that place is taken or its folder is gone."""
+def restore(item: Trashed, root: Path) -> Path:
+    """Move an entry back where it came from; refused if that place is taken or its folder is gone.
+    ``origin.json`` is data from a folder anyone could have written: an entry goes back only to a
+    place inside the output directory ``root``, and only when it is a run or sweep directory (or a
+    link that ``rm`` moved), never a file planted to be moved over ``~/.ssh/authorized_keys``."""
+    inside = os.path.abspath(Path(root).resolve())
+    parent = os.path.abspath(item.origin.parent.resolve()) if item.origin.parent.is_dir() else None
+    if (not item.origin.is_absolute() or item.origin.name in ("", ".", "..") or item.origin.name != item.name
+            or (parent is not None and parent != inside and not parent.startswith(inside + os.sep))):
+        raise BnexpError(f"cannot restore {item.name}: its origin.json names {item.origin}, outside {root} "
+                         "(or not where an entry named so came from); refused")
+    payload = item.payload
+    if not payload.is_symlink() and not (payload.is_dir() and ((payload / RUN_FILE).is_file()
+                                                               or (payload / SWEEP_FILE).is_file())):
+        raise BnexpError(f"cannot restore {item.name}: {payload} is not a run or sweep directory; refused")
     if os.path.lexists(item.origin):
         raise BnexpError(f"cannot restore {item.name}: {item.origin} exists again; move it away first")
     if not item.origin.parent.is_dir():

@@ -7,6 +7,7 @@ import time
 
 from bnexp.engine.callbacks import Callback
 from bnexp.store.files import now_iso
+from bnexp.store.run import RunMoved
 
 
 class RunLog(Callback):
@@ -22,6 +23,9 @@ class RunLog(Callback):
             self.began = True
 
     def on_log(self, loop, log):
+        if self.run.moved():
+            raise RunMoved(f"the directory of run {self.run.path.name} was moved or deleted while it trained "
+                           f"(stopped at step {loop.progress.step}; its record went with it)")
         self.run.log(log.record())
         self.run.record.metrics = dict(loop.progress.metrics)
         self.run.heartbeat()

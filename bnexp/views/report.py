@@ -190,12 +190,19 @@ def load_run(path: Path) -> RunData:
             buckets.get(record["kind"], []).append(record)
     else:
         run.train, run.epochs = scalars_from_events(path)
-    if (path / NORM_PARAMS_FILE).exists():
-        try:
-            run.norm_params = read_json_object(path / NORM_PARAMS_FILE)
-        except UnreadableFile:
-            run.norm_params = {}
+    if (path / NORM_PARAMS_FILE).exists():  # wrong or damaged: UnreadableFile, the run is skipped with why
+        run.norm_params = read_norm_params(path / NORM_PARAMS_FILE)
     return run
+
+
+def read_norm_params(path: Path) -> dict:
+    """``norm_params.json``: per norm site, lists of numbers (gamma, beta, running mean/var)."""
+    data = read_json_object(path)
+    for site, params in data.items():
+        if type(params) is not dict or not all(
+                type(values) is list and all(type(v) in (int, float) for v in values) for values in params.values()):
+            raise UnreadableFile(f"{path}: site {site[:40]!r} is not an object of lists of numbers")
+    return data
 
 
 def scalars_from_events(path: Path) -> tuple[list[dict], list[dict]]:

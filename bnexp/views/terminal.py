@@ -18,6 +18,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 from rich.cells import cell_len, chop_cells
 
+from bnexp.core.text import escape
+
 GAP = 2  # spaces between columns
 BREAK_AFTER = "/-_.=,:"  # a token longer than its column breaks after one of these if it can
 Cell = Union[str, tuple[str, Optional[str]]]  # text, or (text, Rich style)
@@ -89,8 +91,11 @@ class FittedTable:
                  row_styles: Optional[Sequence[Optional[str]]] = None, wide: bool = False,
                  overflow: str = "drop", hint: str = "--wide shows every column", show_header: bool = True):
         self.columns = list(columns)
-        self.rows = [[c if isinstance(c, tuple) else (c, None) for c in row] for row in rows]
+        # every cell may hold text from a run's files: control characters are shown, never obeyed
+        self.rows = [[(escape(c[0], "\n"), c[1]) if isinstance(c, tuple) else (escape(c, "\n"), None) for c in row]
+                     for row in rows]
         self.row_styles = list(row_styles) if row_styles is not None else [None] * len(self.rows)
+        title = escape(title) if title is not None else None
         self.title, self.wide, self.overflow, self.hint, self.show_header = title, wide, overflow, hint, show_header
         texts = [[c.header if show_header else "" for c in self.columns], *[[t for t, _ in r] for r in self.rows]]
         self.natural = [max(_width(line) for row in texts for line in row[i].split("\n"))
