@@ -27,6 +27,9 @@ def report(
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", help="Where run ids are looked up (default: $BNEXP_OUTPUT_DIR or ./outputs)."),
     title: Optional[str] = typer.Option(None, "--title", help="Heading of report.md."),
+    html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (works "
+                              "offline) with parallel coordinates of the swept parameters vs final metrics, "
+                              "interactive curves with seed bands, the seed tables and the BN figures."),
 ) -> None:
     """Draw what batch norm did in a set of runs: accuracy/loss curves coloured by norm, activation
     percentile bands with vs without BN (Ioffe & Szegedy Fig. 1b,c), final gamma/beta per layer, the
@@ -48,7 +51,7 @@ def report(
         check_out_dir(out)
     skipped: list[str] = []
     sources = targets + ([f"--where {where}"] if where else [])
-    written = build_report(run_dirs, out, title=title, sources=sources, skipped=skipped)
+    written = build_report(run_dirs, out, title=title, sources=sources, skipped=skipped, html=html)
     for problem in skipped:
         Console(stderr=True).print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     typer.echo(f"report of {len(run_dirs) - len(skipped)} run(s) written to {out}/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Optional
 
@@ -28,11 +30,11 @@ def job_rows(sweep_dir: Path, new_rows: list = ()) -> list[RunRecord]:
                  for j in read_sweep(sweep_dir).get("jobs", [])]  # type-checked by read_sweep
     except (UnreadableFile, TypeError):
         known = []
-    rows = {(r.dir or f"#{i}"): r for i, r in enumerate([*known, *new_rows])}
-    for run_dir in iter_run_dirs(sweep_dir):
+    rows = {(os.path.realpath(r.dir) if r.dir else f"#{i}"): r for i, r in enumerate([*known, *new_rows])}
+    for run_dir in iter_run_dirs(sweep_dir):  # the same job, however its path is spelled, is one row
         record = load_record(run_dir)
         record.sweep = sweep_dir.name
-        rows[str(run_dir)] = record
+        rows[os.path.realpath(run_dir)] = record
     return [row for key, row in rows.items() if not row.dir or Path(row.dir).exists()]
 
 

@@ -938,9 +938,11 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = None,
-                 sources: Optional[list[str]] = None, skipped: Optional[list[str]] = None) -> dict[str, Path]:
-    """Write the figures and ``report.md`` into ``out_dir``; returns ``{name: path}``. Runs whose
-    record cannot be read are left out, each with its reason appended to ``skipped``."""
+                 sources: Optional[list[str]] = None, skipped: Optional[list[str]] = None,
+                 html: bool = False) -> dict[str, Path]:
+    """Write the figures and ``report.md`` (and with ``html`` the self-contained ``report.html``)
+    into ``out_dir``; returns ``{name: path}``. Runs whose record cannot be read are left out, each
+    with its reason appended to ``skipped``."""
     runs = []
     for path in run_dirs:
         try:
@@ -973,6 +975,15 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = Non
         written["batch_size"] = plot_batch_size(cells, keys, out_dir / "batch_size.png")
     report = out_dir / "report.md"
     write_atomic(report, render_markdown(runs, cells, keys, out_dir, written, title, sources))
+    if html:
+        from bnexp.views.html_report import render_html
+
+        tables = [("Final metrics per configuration: mean ± std (n) over its seeds", seed_table(cells)),
+                  ("Configurations differing in one setting: is the difference larger than seed noise? "
+                   "(Welch's t-test on the final val_acc)", welch_table(cells, keys))]
+        page = render_html(cells, keys, written, title or "bnexp report", tables, CAPTIONS)
+        written["html"] = out_dir / "report.html"
+        write_atomic(written["html"], page)
     written["report"] = report
     return written
 
