@@ -77,8 +77,9 @@ def history(run: str | Path, root: Optional[str | Path] = None, kinds: Iterable[
     """A run's curves from ``metrics.jsonl``: ``{"train": per-step rows, "epoch": per-epoch rows}``
     (``kinds`` may add ``activation`` and ``grad``), nested values flattened to ``input.p50``
     columns. ``run`` is anything the CLI accepts: a directory, an id, a unique prefix, a name."""
+    from bnexp.core.keys import flatten
     from bnexp.store.catalog import resolve
-    from bnexp.store.history import KINDS, flat, read_history
+    from bnexp.store.history import KINDS, read_history
 
     kinds = list(kinds)
     for kind in kinds:
@@ -87,4 +88,4 @@ def history(run: str | Path, root: Optional[str | Path] = None, kinds: Iterable[
     what, path = resolve(str(run), _root(root))
     if what != "run":
         raise BnexpError(f"{run} is a sweep; history() takes one run (runs(where=\"sweep == '...'\") lists its jobs)")
-    return {kind: _frame([flat(r) for r in rows], frame) for kind, rows in read_history(path, kinds).items()}
+    return {kind: _frame([flatten(r) for r in rows], frame) for kind, rows in read_history(path, kinds).items()}

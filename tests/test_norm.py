@@ -662,7 +662,7 @@ def test_models_switch_between_custom_and_builtin():
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), name
 
 
-# --- compiled path (one small test: compilation takes tens of seconds on CPU) ------------------------
+# --- compiled path (one small test: compilation takes seconds per shape on CPU) ------------------------
 
 
 @pytest.mark.timeout(240)

@@ -25,6 +25,7 @@ from bnexp.commands._shared import (
     wide_option,
 )
 from bnexp.core.errors import BnexpError
+from bnexp.core.vocab import fmt_mean_std
 
 COMPARE_METRICS = ("best_val_acc", "best_epoch", "val_acc", "val_loss", "train_acc", "train_loss", "epoch", "step")
 # Seed statistics: the final metrics summarized per cell, with the priority of their column.
@@ -81,16 +82,9 @@ def compare_table(records: list[dict], keys: list[str], metrics: list[str], name
 
 
 def mean_and_spread(summary) -> str:
-    """``0.9100 ± 0.0100``: the spread printed to the mean's decimals; the mean alone for one seed."""
-    from bnexp.core.vocab import fmt_number
+    """``0.9100 ± 0.0100`` (:func:`~bnexp.core.vocab.fmt_mean_std`); ``-`` when there is none."""
 
-    if summary is None:
-        return "-"
-    mean = fmt_number(summary.mean)
-    if summary.n < 2:
-        return mean
-    decimals = len(mean.split(".")[1]) if "." in mean and "e" not in mean else None
-    return f"{mean} ± {fmt_number(summary.std) if decimals is None else f'{summary.std:.{decimals}f}'}"
+    return "-" if summary is None else fmt_mean_std(summary.mean, summary.std, summary.n)
 
 
 @dataclass
@@ -207,7 +201,7 @@ def seed_tables(records: list[dict], wide: bool, baseline: Optional[str] = None)
 def export_seed_table(records: list[dict], fmt: str, baseline: Optional[str]) -> str:
     """The seed statistics as CSV (mean, std, n, difference, p and Holm p per metric) or LaTeX
     (mean ± std; a star where the Holm-corrected difference to the baseline exceeds seed noise)."""
-    from bnexp.views.paper_tables import latex_escape, pm, to_csv, to_latex
+    from bnexp.views.paper_tables import latex_escape, to_csv, to_latex
     from bnexp.views.stats import ALPHA
 
     found = seed_statistics(records, baseline)
@@ -237,7 +231,7 @@ def export_seed_table(records: list[dict], fmt: str, baseline: Optional[str]) ->
         for m in names:
             t = by_cell.get((i, m))
             star = "$^{*}$" if t and t.test and t.holm_p == t.holm_p and t.holm_p < ALPHA else ""
-            cells_tex.append(pm(s[m].mean, s[m].std, s[m].n, latex=True) + star if s[m] else "-")
+            cells_tex.append(fmt_mean_std(s[m].mean, s[m].std, s[m].n, latex=True) + star if s[m] else "-")
         rows.append([latex_escape(label) + (" (baseline)" if i == base else ""), str(len(c.members)), *cells_tex])
     return to_latex(["configuration", "seeds", *names], rows, numeric=[False, True, *[True] * len(names)], raw=True,
                     caption=f"Mean ± std over seeds. * : differs from the baseline ({labels[base]}) by more than "

@@ -32,9 +32,9 @@ def export_csv(runs: list[tuple[str, dict[str, list[dict]]]]) -> str:
     """One row per record, columns in first-seen order after ``run``."""
     import csv
 
-    from bnexp.store.history import flat
+    from bnexp.core.keys import flatten
 
-    rows = [{"run": run_id, **flat(record)} for run_id, history in runs for records in history.values()
+    rows = [{"run": run_id, **flatten(record)} for run_id, history in runs for records in history.values()
             for record in records]
     columns = list(dict.fromkeys(key for row in rows for key in row)) or ["run", "kind"]
     buffer = io.StringIO()

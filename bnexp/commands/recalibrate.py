@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from bnexp.commands import add
+from bnexp.commands._shared import output_dir_option, output_root
 from bnexp.config.groups import NORMS
 from bnexp.core.errors import BnexpError
 
@@ -27,16 +28,14 @@ def recalibrate(
     batches: Optional[int] = typer.Option(
         None, "--batches", "-n", min=1, show_default=False,
         help="Training batches to average over (default: the run's recalibrate_batches, else the config default)."),
-    output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", help="Where run ids are looked up (default: $BNEXP_OUTPUT_DIR or ./outputs)."),
+    output_dir: Optional[str] = output_dir_option(),
 ) -> None:
     """Recompute the BN running statistics of a trained run ("precise BN") and report validation
     accuracy before and after; the result is saved as a new checkpoint beside the original."""
     from bnexp.store.catalog import resolve
-    from bnexp.store.registry import default_root
     from bnexp.store.run import Run
 
-    kind, run_dir = resolve(run, Path(output_dir) if output_dir is not None else default_root())
+    kind, run_dir = resolve(run, output_root(output_dir))
     if kind != "run":
         raise BnexpError(f"{run} names a sweep ({run_dir}); recalibrate one of its runs")
     opened = Run.open(run_dir)  # a run being trained (or recalibrated) is refused here
@@ -54,11 +53,11 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
 
     from bnexp.config.compose import dataset_settings, load
     from bnexp.data.datasets import load_dataset
-    from bnexp.engine.checkpoint import load_checkpoint, restore, save_checkpoint
+    from bnexp.engine.checkpoint import save_checkpoint
     from bnexp.engine.evaluate import evaluate
-    from bnexp.engine.loop import build_optimizer, build_scheduler, resolve_device
+    from bnexp.engine.loop import resolve_device
+    from bnexp.engine.rebuild import rebuild
     from bnexp.engine.recalibrate import recalibrate, recalibration_batches
-    from bnexp.nn.models import build_model
     from bnexp.store.files import CHECKPOINT_FILE
     from bnexp.store.run import load_saved
 
@@ -70,12 +69,10 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device.type)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, device)
     data = load_dataset(dataset_settings(cfg), device)
-    model = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.optimizer, optimizer, 1)  # its saved state (T_max included) replaces this
-    progress = restore(checkpoint, model, optimizer, scheduler)
+    # one process: synchronized layers would be plain BN, so they are built as trained, unsynchronized
+    built = rebuild(cfg, data, device, 1, run_dir / CHECKPOINT_FILE, synchronize=False)
+    model, optimizer, scheduler, progress = built.module, built.optimizer, built.scheduler, built.progress
 
     def score(batch_stats: bool = False) -> tuple[float, float]:
         return evaluate(model, data, data.val_x, data.val_y, cfg.eval_batch_size, batch_stats=batch_stats)

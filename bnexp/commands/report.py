@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
+from bnexp.commands._shared import output_dir_option
 
 EPILOG = ("TARGET is a run directory, a run id prefix or name (looked up under --output-dir), or any directory "
           "holding runs (a sweep directory, an output_dir): every run below it is included.\n\n"
@@ -24,8 +25,7 @@ def report(
     where: Optional[str] = typer.Option(None, "--where", "-w", help="Only runs matching this query, e.g. "
                                         "\"norm.kind != 'none' and val_acc > 0.9\" (docs/query.md)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the figures and report.md."),
-    output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", help="Where run ids are looked up (default: $BNEXP_OUTPUT_DIR or ./outputs)."),
+    output_dir: Optional[str] = output_dir_option(),
     title: Optional[str] = typer.Option(None, "--title", help="Heading of report.md."),
     html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (works "
                               "offline) with parallel coordinates of the swept parameters vs final metrics, "

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from bnexp.commands import add
+from bnexp.commands._shared import output_dir_option, output_root
 
 REFRESH_S = 5.0  # how often runs that appeared since (a running sweep's new jobs) are linked
 
@@ -18,8 +19,7 @@ def tensorboard(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: Optional[int] = typer.Option(
         None, "--port", "-p", help="Port; taken -> error. Default 6006, or the next free port (said plainly)."),
-    output_dir: Optional[str] = typer.Option(
-        None, "--output-dir", help="Where runs live (default: $BNEXP_OUTPUT_DIR or ./outputs, as in the config)."),
+    output_dir: Optional[str] = output_dir_option(),
 ) -> None:
     """Start TensorBoard over the given runs and sweeps (all runs when none are given), with one HParams
     table across them; print its URL and stop cleanly on Ctrl-C."""
@@ -29,11 +29,10 @@ def tensorboard(
     from rich.console import Console
 
     from bnexp.core.errors import BnexpError, sigterm_as_interrupt
-    from bnexp.store.registry import default_root
     from bnexp.views import dashboard
 
     console = Console(stderr=True)
-    root = Path(output_dir) if output_dir else default_root()
+    root = output_root(output_dir)
     if where:
         from bnexp.commands._shared import select_run_dirs
 

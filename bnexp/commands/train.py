@@ -10,6 +10,7 @@ import typer
 
 from bnexp.commands import add
 from bnexp.core.errors import BnexpError
+from bnexp.core.keys import override_key
 from bnexp.engine.callbacks import Callback
 
 
@@ -124,14 +125,14 @@ def resume_config(overrides: list[str], cfg):
     """The saved config of the run named by ``resume=``, with a longer ``epochs``/``max_steps`` if
     given (a finished run trains on); any other override is refused, since it would change what
     the checkpoint was trained as."""
-    from bnexp.config.compose import override_value
     from bnexp.config.schema import EXTENDABLE_KEYS
+    from bnexp.core.keys import override_value
     from bnexp.store.catalog import resolve
     from bnexp.store.record import read_record
     from bnexp.store.run import load_saved
 
     given = [o for o in overrides if not o.startswith("resume=")]
-    others = [o for o in given if o.split("=", 1)[0].lstrip("+") not in EXTENDABLE_KEYS]
+    others = [o for o in given if override_key(o) not in EXTENDABLE_KEYS]
     if others:
         raise BnexpError(f"resume= continues a run with its saved config; only {' and '.join(EXTENDABLE_KEYS)} "
                          f"may change (to train longer); drop: {' '.join(others)}")
@@ -151,7 +152,7 @@ def resume_config(overrides: list[str], cfg):
                              "that schedule")
         for key in longer:
             saved[key] = cfg[key]
-        saved_overrides = [o for o in saved_overrides if o.split("=", 1)[0] not in longer]
+        saved_overrides = [o for o in saved_overrides if override_key(o) not in longer]
         saved_overrides += [f"{k}={v}" for k, v in longer.items()]
     return saved, saved_overrides, run_dir
 

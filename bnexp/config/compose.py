@@ -255,22 +255,3 @@ def dataset_settings(cfg: DictConfig) -> DatasetConfig:
     return OmegaConf.to_object(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset
 
 
-def override_value(overrides: list[str], key: str) -> Optional[str]:
-    """The value the last ``key=...`` override gives (``experiment=mlp_mnist`` -> ``mlp_mnist``)."""
-    values = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
-    return values[-1] if values else None
-
-
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """``{'optimizer.lr': 0.1, ...}``: scalar leaves of the config, lists as strings (for HParams/tables)."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    flat: dict[str, Any] = {}
-    for key, value in container.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, path + "."))
-        elif isinstance(value, (list, tuple)):
-            flat[path] = str(list(value))
-        else:
-            flat[path] = value
-    return flat

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+OUTPUT_DIR_ENV, DEFAULT_OUTPUT_DIR = "BNEXP_OUTPUT_DIR", "outputs"  # where runs go unless output_dir says
 MAX_NAME = 64  # longest name= label: a run id must stay well inside a file name's 255 bytes
 @dataclass
 class ModelConfig:
@@ -96,7 +97,7 @@ class RunConfig:
     hist_every_steps: int = 100
     log_channels: int = 16
     checkpoint: bool = True
-    output_dir: str = "outputs"
+    output_dir: str = f"${{oc.env:{OUTPUT_DIR_ENV},{DEFAULT_OUTPUT_DIR}}}"
     name: Optional[str] = None
     resume: Optional[str] = None
     description: str = ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bnexp.core.keys import override_key
+
 # Final metrics a run records in run.json, in the order tables show them.
 METRICS = ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss",
            "val_acc_batch_stats", "val_loss_batch_stats", "val_acc_recalibrated", "val_loss_recalibrated")
@@ -36,7 +38,7 @@ PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "chec
 
 def is_plumbing(key: str) -> bool:
     """``optimizer.lr`` -> False; ``output_dir``, ``device.type``, ``+threads`` -> True."""
-    return key.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] in PLUMBING_KEYS
+    return override_key(key).split(".", 1)[0].split("/", 1)[0] in PLUMBING_KEYS
 
 
 def fmt_number(value: Any, digits: int = 4) -> str:
@@ -75,3 +77,15 @@ def fmt_rate(value: Any) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "-"
     return f"{value:,.0f}"
+
+
+def fmt_mean_std(mean: float, std: float, n: int, latex: bool = False) -> str:
+    """``0.9100 ± 0.0100`` (the spread to the mean's decimals), the mean alone for one run: how every
+    table and report prints seed statistics."""
+    text = fmt_number(mean)
+    if n < 2:
+        return text
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
+    spread_text = fmt_number(std) if decimals is None else f"{std:.{decimals}f}"
+    sign = r"$\pm$" if latex else "±"
+    return f"{text} {sign} {spread_text}"

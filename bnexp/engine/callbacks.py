@@ -111,7 +111,7 @@ class Callbacks(Callback):
                     outcome.notes.append(describe_error(exc))
 
 
-def finish(outcome: Outcome, run_dir: Optional[Path], record: Optional[RunRecord]) -> Optional[RunRecord]:
+def record_or_raise(outcome: Outcome, run_dir: Optional[Path], record: Optional[RunRecord]) -> Optional[RunRecord]:
     """The record of a run that ended well (None on ranks other than 0, which keep none), else the
     error its outcome calls for."""
     notes = "".join(f"; {n}" for n in outcome.notes)

@@ -158,7 +158,7 @@ def train_epoch(loop: Loop, listeners: Callbacks) -> None:
             break
         idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
         x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
-        loop.hist_due = loop.record_every > 0 and (p.step == 0 or (p.step + 1) % loop.record_every == 0)
+        loop.hist_due = loop.hist_every_steps > 0 and (p.step == 0 or (p.step + 1) % loop.hist_every_steps == 0)
         logits = loop.model(x)
         summed = F.cross_entropy(logits, y, reduction="sum")
         loss = summed / (len(batch) / loop.ranks.size)  # DDP averages over ranks: the global batch's mean

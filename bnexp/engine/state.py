@@ -33,7 +33,7 @@ class Loop:
     hist_due: bool = False  # this step's forward/backward should be captured for histograms
     run: Optional[Run] = None  # rank 0's; None on the other ranks, which keep no run and no listeners
     ranks: Ranks = field(default_factory=Ranks)  # this process among the data-parallel ones (one: rank 0 of 1)
-    record_every: int = 0  # hist_every_steps, as a plain int (an OmegaConf read costs ~20 us)
+    hist_every_steps: int = 0  # cfg.hist_every_steps, as a plain int (an OmegaConf read costs ~20 us)
     listeners: Any = None  # everything watching this run: engine.callbacks.Callbacks (set by run_loop)
 
     @property

@@ -145,9 +145,9 @@ def settle(run_dir: Path, *, made: bool, stopped: bool, failures: dict, before: 
     """The run's final record once every worker is gone, written by the launcher where the workers
     could not say it right: ``interrupted`` when the launcher was stopped; ``failed`` with the
     reason when a rank other than 0 was killed or crashed (rank 0 only saw its peer vanish), or
-    when rank 0 died without a word. Returns or raises as :func:`bnexp.engine.callbacks.finish`."""
+    when rank 0 died without a word. Returns or raises as :func:`bnexp.engine.callbacks.record_or_raise`."""
     from bnexp.core.errors import Interrupted
-    from bnexp.engine.callbacks import Outcome, finish
+    from bnexp.engine.callbacks import Outcome, record_or_raise
 
     record = read_record(run_dir) if (run_dir / RUN_FILE).is_file() else None
     if record is None or record.to_json() == before:  # the workers stopped before the run (re)started
@@ -170,7 +170,7 @@ def settle(run_dir: Path, *, made: bool, stopped: bool, failures: dict, before: 
             finally:
                 run.close()
     record.status, record.message = status, message
-    return finish(Outcome(status, message), run_dir, record)
+    return record_or_raise(Outcome(status, message), run_dir, record)
 
 
 def _verdict(record: RunRecord, run_dir: Path, stopped: bool, failures: dict) -> tuple[str, Optional[str]]:

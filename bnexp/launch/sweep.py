@@ -25,15 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from bnexp.config.compose import one_line, validate_name
 from bnexp.core.errors import BnexpError
+from bnexp.core.keys import override_key
 from bnexp.core.vocab import METRICS, fmt_seconds, higher_is_better, is_plumbing
 from bnexp.engine.callbacks import Callback
 from bnexp.store.catalog import iter_run_dirs, resolve
 from bnexp.store.files import CHECKPOINT_FILE, RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, write_json
 from bnexp.store.lock import DirLock, busy_message, is_locked, owner_info
 from bnexp.store.record import RunRecord, read_record
-from bnexp.store.registry import load_record, override_key, read_sweep
+from bnexp.store.registry import load_record, read_sweep
 from bnexp.store.run import Run, unique_dir
 from bnexp.store.sweeps import job_number, job_rows
 from bnexp.tracking.hparams import write_sweep_experiment
@@ -237,9 +240,9 @@ def describe(distribution_json: str) -> str:
 
 
 def _base_types(cfg) -> dict[str, Any]:
-    from bnexp.config.compose import flatten
+    from bnexp.core.keys import flatten
 
-    return {k: type(v) for k, v in flatten(cfg).items()}
+    return {k: type(v) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
 
 
 def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int] = None,
@@ -426,9 +429,10 @@ class _Hydra:
         """The flattened bnexp config (no ``hydra`` node) of the sweep's defaults: the hparam types."""
         from omegaconf import OmegaConf
 
-        from bnexp.config.compose import flatten
+        from bnexp.core.keys import flatten
 
-        return flatten(OmegaConf.masked_copy(self.cfg, [k for k in self.cfg if k != "hydra"]))
+        return flatten(OmegaConf.to_container(OmegaConf.masked_copy(self.cfg, [k for k in self.cfg if k != "hydra"]),
+                                              resolve=True))
 
     def jobs_at_once(self, p: Plan, jobs: Optional[int]) -> int:
         launcher = self.cfg.hydra.launcher
@@ -729,7 +733,7 @@ def slurm_script(p: Plan) -> tuple[str, list[str]]:
     from submitit.auto.auto import AutoExecutor
     from submitit.slurm import slurm
 
-    from bnexp.config.compose import override_value
+    from bnexp.core.keys import override_value
 
     hydra = _Hydra(p, Path(p.output_dir) / "sweeps" / "SWEEP_ID", p.overrides if p.kind == "grid" else p.fixed)
     settings = OmegaConf.to_container(hydra.cfg.hydra.launcher, resolve=True)

@@ -20,12 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp.config.compose import dataset_settings
 from bnexp.core.errors import BnexpError
-from bnexp.engine.callbacks import Callback, Callbacks, finish
-from bnexp.engine.checkpoint import Progress, load_checkpoint, restore
+from bnexp.engine.callbacks import Callback, Callbacks, record_or_raise
 from bnexp.engine.loop import (
     Loop,
-    build_optimizer,
-    build_scheduler,
     epoch_batches,
     resolve_device,
     run_loop,
@@ -63,8 +60,7 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     """:func:`train` in this process, as rank ``ranks.rank`` of ``ranks.size``: every rank builds the
     same model and sees its shard of each batch; rank 0 alone keeps the run and its listeners."""
     from bnexp.data.datasets import load_dataset
-    from bnexp.nn.models import build_model
-    from bnexp.nn.norms import synchronize_norms
+    from bnexp.engine.rebuild import rebuild
 
     lead = ranks.rank == 0
     opened = Run.open(resume) if resume is not None and lead else None  # first: a busy run is refused early
@@ -80,14 +76,11 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
             where = f" with nproc={cfg.nproc}" if cfg.nproc > 1 else ""
             raise BnexpError(f"dataset {data.name} has {len(data.train_x)} training example(s); "
                              f"{f'norm={cfg.norm.kind}' if min_batch > 1 else 'training'}{where} needs >= {min_batch}")
-        module = build_model(cfg.model, cfg.norm, data.in_channels, data.image_size, data.num_classes).to(device)
-        sync_note = synchronize_norms(module, cfg.norm, device)
-        optimizer = build_optimizer(cfg.optimizer, module.parameters())
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-        scheduler = build_scheduler(cfg.optimizer, optimizer, total_steps)
-        state = Progress()
+        built = rebuild(cfg, data, device, total_steps, Path(resume) / CHECKPOINT_FILE if resume is not None else None)
+        module, optimizer, scheduler, state, sync_note = (built.module, built.optimizer, built.scheduler,
+                                                          built.progress, built.sync_note)
         if resume is not None:
-            state = restore(load_checkpoint(Path(resume) / CHECKPOINT_FILE, device), module, optimizer, scheduler)
             if state.step >= total_steps:
                 name = Path(resume).name
                 raise BnexpError(f"run {name} already trained {state.step} steps ({state.epoch} epochs); to train "
@@ -105,12 +98,12 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     run = (opened or create_run(cfg, overrides, run_dir, str(device), {**reproducibility(device), **execution})) if lead else None
     loop = Loop(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
                 progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
-                min_batch=min_batch, run=run, ranks=ranks, record_every=int(cfg.hist_every_steps),
+                min_batch=min_batch, run=run, ranks=ranks, hist_every_steps=int(cfg.hist_every_steps),
                 started=time.perf_counter() - (run.record.duration_s if run else 0.0))
     resumed_at = state.step if opened is not None else None
     listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
     outcome = run_loop(loop, Callbacks(listeners))
-    return finish(outcome, run.path if run else None, run.record if run else None)
+    return record_or_raise(outcome, run.path if run else None, run.record if run else None)
 
 
 def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resumed_at: Optional[int],

@@ -49,7 +49,8 @@ passes with the output as its only full-size allocation, and its backward is the
 gradient (:func:`batch_norm_backward`) rather than autograd's replay of every elementwise op. It
 saves only the input (alive anyway), the parameters and two per-channel vectors, so memory stays at
 builtin's level. :func:`compile_batch_norms` runs the same Function through ``torch.compile``,
-which fuses the passes; that pays off only on long runs, since compiling takes tens of seconds.
+which fuses the passes; that pays off only on long runs, since compiling costs
+a few seconds per input shape on CPU (5.8 s for LeNet's four BN shapes: README, scripts/bench_bn.py).
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ def compile_batch_norms(module: nn.Module) -> int:
     """Switch every bnexp batch-norm layer inside ``module`` to ``torch.compile`` of the same Function.
 
     Returns how many layers were switched. Compilation is lazy: the first training step at each new
-    input shape pays it (5-15 s per shape on CPU, less once the inductor cache is warm), so run a
+    input shape pays it (a few seconds per shape on CPU, less once the inductor cache is warm), so run a
     warm-up step and time it to show the cost. Only training-mode normalization of inputs with at
     least ``COMPILE_MIN_NUMEL`` elements is compiled; evaluation (plain elementwise passes),
     small inputs and synchronized statistics (collectives) stay eager. Compiled code does not

@@ -26,12 +26,3 @@ def read_history(run_dir: Path, kinds: Iterable[str] = ("train", "epoch")) -> di
     return wanted
 
 
-def flat(record: dict, prefix: str = "") -> dict:
-    """``{"input": {"p15": 1}}`` -> ``{"input.p15": 1}`` (for CSV columns)."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

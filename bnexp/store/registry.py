@@ -1,8 +1,10 @@
 """The run registry: find, filter and sort runs and sweeps from their small JSON records.
 
-Only ``run.json`` / ``sweep.json`` are read (never TensorBoard events), plus ``labels.json`` (tags
-and note) where a run has one, and nothing here imports torch or Hydra, so ``bnexp runs`` stays
-fast with thousands of runs. One unreadable record never
+Listing reads ``run.json`` / ``sweep.json`` (through the record cache, ``.index.json``) and
+``labels.json`` (tags and note) where a run has one; a run's ``config.yaml`` only when config keys
+are asked for (:func:`run_config`: comparisons, queries on config keys); never TensorBoard events
+or checkpoints. Nothing here imports torch or Hydra, so ``bnexp runs`` stays fast with thousands
+of runs. One unreadable record never
 hides the others: it is listed as ``unreadable`` with the reason. A record that says ``running``
 whose writer is gone is shown as ``dead``, with how to continue it.
 """
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from bnexp.config.groups import group_options
+from bnexp.config.schema import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_ENV
 from bnexp.core.errors import BnexpError
+from bnexp.core.keys import override_key
 from bnexp.core.vocab import DERIVED_STATUSES, METRICS, STATUSES, higher_is_better, is_plumbing
 from bnexp.store.catalog import iter_run_entries
 from bnexp.store.files import CONFIG_FILE, SWEEP_FILE, UnreadableFile, parse_time, read_json_object, read_yaml_mapping
@@ -34,12 +38,7 @@ AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "we
 def default_root() -> Path:
     """Where runs live when no --output-dir is given: the config's default output_dir
     (``${oc.env:BNEXP_OUTPUT_DIR,outputs}``), read without composing the config."""
-    return Path(os.environ.get("BNEXP_OUTPUT_DIR") or "outputs")
-
-
-def override_key(override: str) -> str:
-    """``+optimizer.lr=0.1`` -> ``optimizer.lr``."""
-    return override.split("=", 1)[0].lstrip("+~")
+    return Path(os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR)
 
 
 def key_overrides(overrides: Iterable[str]) -> list[str]:
@@ -205,7 +204,7 @@ def sort_runs(records: list, by: str = "started", reverse: bool = False) -> list
 def run_config(run_dir: Path) -> dict[str, Any]:
     """A run's saved config (``config.yaml``) flattened to ``{'optimizer.lr': 0.1, ...}``; raises
     :class:`UnreadableFile` naming the file when it cannot be read as a config."""
-    from bnexp.config.compose import flatten
+    from bnexp.core.keys import flatten
 
     return flatten(read_yaml_mapping(Path(run_dir) / CONFIG_FILE))
 
@@ -271,7 +270,6 @@ def read_sweep(sweep_dir: Path) -> dict:
             sweep["recorded_status"], sweep["status"] = "running", "dead"
             sweep["message"] = f"{why}; continue with: bnexp sweep --resume {Path(sweep_dir).name}"
     return sweep
-
 
 
 def record_values(record: RunRecord) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.config.compose import check_schema, one_line, override_value, validate
+from bnexp.config.compose import check_schema, one_line, validate
 from bnexp.config.groups import DATASETS
 from bnexp.core.errors import BnexpError
+from bnexp.core.keys import override_value
 from bnexp.core.text import escape
 from bnexp.store.files import (
     CONFIG_FILE,

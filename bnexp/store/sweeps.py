@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from bnexp.core.keys import override_key
 from bnexp.store.catalog import iter_run_dirs
 from bnexp.store.files import UnreadableFile
 from bnexp.store.record import RunRecord
-from bnexp.store.registry import load_record, override_key, read_sweep
+from bnexp.store.registry import load_record, read_sweep
 
 
 def job_number(record) -> Optional[int]:

@@ -20,8 +20,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.config.compose import flatten
 from bnexp.config.groups import LOGGERS, import_object
+from bnexp.core.keys import flatten
 from bnexp.core.vocab import is_plumbing
 from bnexp.tracking.hparams import FINAL_METRICS
 
@@ -40,7 +40,8 @@ class Sink:
 
 def hparams(cfg: DictConfig) -> dict:
     """The config keys that describe a run (not where or how it ran), flattened; ``None`` as ``null``."""
-    return {k: ("null" if v is None else v) for k, v in flatten(cfg).items() if not is_plumbing(k)}
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: ("null" if v is None else v) for k, v in flatten(plain).items() if not is_plumbing(k)}
 
 
 def final_metrics(metrics: dict) -> dict[str, float]:

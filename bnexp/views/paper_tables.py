@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from bnexp.core.vocab import fmt_mean_std
 from bnexp.store.catalog import natural_key
 
 EXPORT_FORMATS = ("csv", "latex")
@@ -86,19 +87,6 @@ def to_latex(headers: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: 
     return "\n".join(lines) + "\n"
 
 
-def pm(mean: float, std: float, n: int, latex: bool = False) -> str:
-    """``0.9100 ± 0.0100`` (the spread to the mean's decimals), the mean alone for one run."""
-    from bnexp.core.vocab import fmt_number
-
-    text = fmt_number(mean)
-    if n < 2:
-        return text
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
-    spread_text = fmt_number(std) if decimals is None else f"{std:.{decimals}f}"
-    sign = r"$\pm$" if latex else "±"
-    return f"{text} {sign} {spread_text}"
-
-
 def _numbers(s: Optional[Spread]) -> tuple:
     """Full precision, less float noise: 0.89, not 0.8900000000000001."""
     return (s.n, *(float(f"{x:.12g}") for x in (s.mean, s.std, s.low, s.high))) if s else (None,) * 5
@@ -108,7 +96,7 @@ def spread_cells(s: Optional[Spread], latex: bool = False) -> tuple[str, str, st
     """``mean ± std``, min, max as printed ("-" each when the group lacks the metric)."""
     from bnexp.core.vocab import fmt_number
 
-    return (pm(s.mean, s.std, s.n, latex), fmt_number(s.low), fmt_number(s.high)) if s else ("-", "-", "-")
+    return (fmt_mean_std(s.mean, s.std, s.n, latex), fmt_number(s.low), fmt_number(s.high)) if s else ("-", "-", "-")
 
 
 def group_table(groups: list[Group], keys: Sequence[str], metrics: Sequence[str], fmt: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional
 
 from bnexp.config.groups import NORMS
 from bnexp.core.errors import BnexpError
-from bnexp.core.vocab import fmt_number, is_plumbing
+from bnexp.core.vocab import fmt_mean_std, fmt_number, is_plumbing
 from bnexp.store.catalog import expand, resolve_all
 from bnexp.store.files import (
     CONFIG_FILE,
@@ -168,7 +168,7 @@ def collect_run_dirs(targets: Iterable[str], root: Optional[Path] = None) -> lis
 def load_run(path: Path) -> RunData:
     """Read one run; missing optional files leave the corresponding parts empty. A run whose
     run.json cannot be read raises :class:`UnreadableFile` (the report skips it and says why)."""
-    from bnexp.config.compose import flatten
+    from bnexp.core.keys import flatten
 
     record = read_record(path)
     summary = record.to_json()
@@ -302,7 +302,7 @@ def legend_text(label: str) -> str:
 
 
 @dataclass
-class Series:
+class Band:
     """A cell's curve: mean and standard deviation (0 where only one run has the point) per x."""
 
     x: list[float]
@@ -315,10 +315,10 @@ class Series:
         return any(n > 1 for n in self.n)
 
 
-def aggregate(per_run: list[dict[Any, float]]) -> Series:
+def aggregate(per_run: list[dict[Any, float]]) -> Band:
     """Mean and std over runs at each x some run has."""
     xs = sorted({x for points in per_run for x in points})
-    out = Series([], [], [], [])
+    out = Band([], [], [], [])
     for x in xs:
         summary = summarize(points.get(x) for points in per_run)
         if summary is not None:
@@ -329,7 +329,7 @@ def aggregate(per_run: list[dict[Any, float]]) -> Series:
     return out
 
 
-def epoch_series(cell: Cell, key: str, minus: Optional[str] = None) -> Series:
+def epoch_series(cell: Cell, key: str, minus: Optional[str] = None) -> Band:
     """``key`` (minus ``minus``, run by run) per epoch, over the cell's runs."""
     def number(e: dict, k: Optional[str]) -> bool:
         return k is None or isinstance(e.get(k), (int, float))
@@ -338,7 +338,7 @@ def epoch_series(cell: Cell, key: str, minus: Optional[str] = None) -> Series:
                        if number(e, key) and number(e, minus)} for r in cell.runs])
 
 
-def _draw(ax, series: Series, cell: Cell, markers: bool = False, **extra: Any) -> None:
+def _draw(ax, series: Band, cell: Cell, markers: bool = False, **extra: Any) -> None:
     if not series.x:
         return
     few = markers or len(series.x) <= 25
@@ -767,7 +767,7 @@ def _fmt(value: Any) -> str:
 def _fmt_summary(summary: Optional[Summary]) -> str:
     if summary is None:
         return "—"
-    return f"{summary.mean:.4f} ± {summary.std:.4f} ({summary.n})" if summary.n > 1 else f"{summary.mean:.4f} (1)"
+    return f"{fmt_mean_std(summary.mean, summary.std, summary.n)} ({summary.n})"
 
 
 def _delta(value: Optional[float]) -> str:

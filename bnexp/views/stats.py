@@ -19,7 +19,7 @@ ALPHA = 0.05  # two-sided significance level of "larger than seed noise"
 
 
 @dataclass
-class Cell:
+class SeedCell:
     """Runs that differ only in their seed: ``settings`` is what they share (non-plumbing keys)."""
 
     settings: dict[str, Any]
@@ -31,18 +31,18 @@ def cell_key(config: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items() if k != SEED_KEY and not is_plumbing(k)))
 
 
-def seed_cells(configs: Sequence[dict[str, Any]]) -> list[Cell]:
+def seed_cells(configs: Sequence[dict[str, Any]]) -> list[SeedCell]:
     """Group flattened configs into cells (first-seen order)."""
-    cells: dict[tuple, Cell] = {}
+    cells: dict[tuple, SeedCell] = {}
     for i, config in enumerate(configs):
         key = cell_key(config)
-        cell = cells.setdefault(key, Cell({k: v for k, v in config.items() if k != SEED_KEY and not is_plumbing(k)}))
+        cell = cells.setdefault(key, SeedCell({k: v for k, v in config.items() if k != SEED_KEY and not is_plumbing(k)}))
         cell.members.append(i)
         cell.seeds.append(config.get(SEED_KEY))
     return list(cells.values())
 
 
-def differing_settings(cells: Sequence[Cell]) -> list[str]:
+def differing_settings(cells: Sequence[SeedCell]) -> list[str]:
     """The shared keys whose value differs between cells: what tells the cells apart."""
     keys = list(dict.fromkeys(k for c in cells for k in c.settings))
     return [k for k in keys if len({repr(c.settings.get(k)) for c in cells}) > 1]
