@@ -29,6 +29,7 @@ from bnexp.config.groups import (
 )
 from bnexp.config.schema import GROUP_SCHEMAS, MAX_NAME, DatasetConfig, RunConfig, register_schemas
 from bnexp.core.errors import BnexpError
+from bnexp.core.keys import flatten
 from bnexp.core.text import escape, has_control
 
 
