@@ -14,14 +14,9 @@ import pytest
 
 from bnexp.core.errors import BnexpError
 from bnexp.core.vocab import fmt_number
-from bnexp.views.report import (
-    BASE_HEIGHT_PX,
-    FIGURE_WIDTH_PX,
-    build_report,
-    collect_run_dirs,
-    default_out_dir,
-    load_run,
-)
+from bnexp.views.report.figures import BASE_HEIGHT_PX, FIGURE_WIDTH_PX
+from bnexp.views.report.load import collect_run_dirs, load_run
+from bnexp.views.report.markdown import build_report, default_out_dir
 
 NORMS = ("none", "custom", "builtin")
 # 3 epochs of 4 steps; percentiles at steps 1, 3, 6, 9, 12
@@ -220,7 +215,7 @@ def clone_run(template: Path, dst: Path, settings: dict, final: dict[str, float]
 @pytest.fixture
 def figures(monkeypatch) -> dict:
     """The matplotlib figures build_report saves, by file stem, for inspection after the fact."""
-    import bnexp.views.report as report
+    import bnexp.views.report.figures as report
 
     kept, save = {}, report._save
 

@@ -39,7 +39,8 @@ def report(
     from rich.console import Console
 
     from bnexp.commands._shared import output_root, select_run_dirs
-    from bnexp.views.report import build_report, check_out_dir, collect_run_dirs, default_out_dir
+    from bnexp.views.report.load import collect_run_dirs
+    from bnexp.views.report.markdown import build_report, check_out_dir, default_out_dir
 
     targets = list(targets or [])
     if where:

@@ -44,7 +44,7 @@ def _json_value(value: Any) -> Any:
 
 def page_data(cells: list, keys: list[str]) -> dict:
     """What the script draws: the axes (swept keys, then final metrics), runs and cells' curves."""
-    from bnexp.views.report import epoch_series
+    from bnexp.views.report.figures import epoch_series
     from bnexp.views.stats import SEED_KEY
 
     metrics = [m for m in FINAL_METRICS if any(_number(r.metrics.get(m)) is not None for c in cells for r in c.runs)]
