@@ -129,13 +129,17 @@ def test_optuna_search_persists_and_resumes(cli):
     first = cli("sweep", "--trials", "3", *space, *TINY)
     assert "best trial" in first.stdout
     sweep_dir, sweep = only_sweep(cli.out)
-    assert sweep["kind"] == "optuna" and sweep["optuna"]["trials"] == 3 and (sweep_dir / "study.db").is_file()
+    assert sweep["kind"] == "optuna" and sweep["optuna"]["trials"] == 3 and (sweep_dir / "study.journal").is_file()
+    assert sweep["optuna"]["storage"] == "study.journal"  # Optuna's journal: safe on network file systems
     cli("sweep", "--study", sweep_dir.name, "--trials", "5")
     _, sweep = only_sweep(cli.out)
     assert sweep["optuna"]["trials"] == 5 and sweep["status"] == "completed"
     jobs = job_summaries(sweep_dir)
     assert len(jobs) == 5 and len(sweep["jobs"]) == 5
-    study = optuna.load_study(study_name=sweep_dir.name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal")))
+    study = optuna.load_study(study_name=sweep_dir.name, storage=journal)
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4] and study.direction == optuna.study.StudyDirection.MAXIMIZE
     for trial in trials:  # trial n ran as job n, with the sampled values as its overrides

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import typer
@@ -71,6 +72,12 @@ def sweep(
     sampler: str = typer.Option("tpe", "--sampler", help="Optuna sampler: tpe or random."),
     sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", help="Seed of the Optuna sampler "
                                                "(default 0; a continued search advances it past its trials)."),
+    worker: bool = typer.Option(False, "--worker", help="Work on the search in this process: ask a trial, train "
+                                "it, tell the result, until the study has --trials completed trials. Start any "
+                                "number (--study ID --worker) on machines that see the sweep directory."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Keep the Optuna study in this database "
+                                          "(any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db) instead "
+                                          "of the journal file in the sweep directory."),
     name: Optional[str] = typer.Option(None, "--name", help="Label added to the sweep id."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the jobs (or search space), run nothing."),
 ) -> None:
@@ -88,26 +95,42 @@ def sweep(
     earlier = study or resume
     if study and resume:
         raise BnexpError("--study and --resume both continue a sweep; give one of them")
+    if worker and (resume or (not study and not trials)):
+        raise BnexpError("--worker works on an Optuna search: start one with --trials N, or join one with "
+                         "--study ID")
+    if storage and earlier and not worker:
+        raise BnexpError("--storage names where a new search keeps its study (or, with --worker, where to "
+                         "find it); a continued sweep uses the storage it was made with")
     if earlier:
         if overrides:
             raise BnexpError(f"{'--study' if study else '--resume'} continues a sweep with its saved overrides; "
                              f"drop {' '.join(overrides)}")
-        session = sweeps.resume(earlier, trials, jobs, sampler_seed)
-        if study and session.plan.kind != "optuna":
-            session.lock.release()
-            raise BnexpError(f"--study {study}: {session.dir.name} is not an Optuna search (those are made with "
-                             "--trials); continue a grid with --resume")
+        from bnexp.launch import continuing
+
+        preview = continuing.preview(earlier, study=bool(study), trials=trials, worker=worker)
+        if dry_run:
+            continuing.print_preview(preview)
+            return
+        if preview.done:
+            continuing.print_nothing_to_do(preview)
+            return
+        session = (sweeps.join(study, trials, sampler_seed, storage) if worker
+                   else sweeps.resume(earlier, trials, jobs, sampler_seed))
     else:
+        if storage and not trials:
+            raise BnexpError("--storage is where an Optuna search keeps its study; add --trials N")
         p = sweeps.plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
-                        sampler=sampler, sampler_seed=sampler_seed or 0)
+                        sampler=sampler, sampler_seed=sampler_seed or 0, storage=storage)
         if dry_run:
             _dry_run(p)
             return
-        session = sweeps.start(p, name, jobs)
+        session = sweeps.start(p, name, jobs, worker=worker)
     p, sweep_dir = session.plan, session.dir
     console = Console()
     at_once = f", {p.jobs_at_once} at once" if p.jobs_at_once > 1 else ""
     what = f"{len(p.grid)} jobs" if p.kind == "grid" else f"Optuna search to {p.trials} trials ({p.sampler})"
+    if session.worker:
+        what = f"worker (pid {os.getpid()}) of the Optuna search to {p.trials} completed trials ({p.sampler})"
     console.print(f"sweep [bold]{sweep_dir.name}[/bold]: {what}, launcher {p.launcher}{at_once}\n  {sweep_dir}",
                   highlight=False)
     try:
@@ -129,7 +152,7 @@ def sweep(
     console.print(f"compare: bnexp compare {sweep_dir.name}    dashboard: bnexp tensorboard {sweep_dir.name}",
                   highlight=False)
     if bad:
-        console.print(f"[red]{len(bad)} of {len(rows)} jobs did not complete[/red] "
+        console.print(f"sweep {summary.get('status')}: [red]{len(bad)} of {len(rows)} jobs did not complete[/red] "
                       f"({', '.join(sorted({r.status for r in bad}))})")
         raise typer.Exit(1)
 

@@ -27,7 +27,7 @@ def higher_is_better(metric: str) -> bool:
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 DERIVED_STATUSES = ("dead", "unreadable")
 STATUS_STYLE = {"completed": "green", "diverged": "yellow", "running": "cyan", "interrupted": "magenta",
-                "dead": "bold red", "failed": "red", "unreadable": "red"}
+                "dead": "bold red", "failed": "red", "unreadable": "red", "partial": "yellow"}
 RESUMABLE = ("interrupted", "failed", "dead")
 
 # Top-level config keys that say where or how a run ran or what it measured, not what it trained: left out of

@@ -17,9 +17,11 @@ Hydra is imported inside the functions: the registry commands import this module
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from bnexp.config.compose import one_line, validate_name
-from bnexp.core.errors import BnexpError
+from bnexp.core.errors import BnexpError, sigterm_as_interrupt
 from bnexp.core.keys import override_key
 from bnexp.core.vocab import METRICS, fmt_seconds, higher_is_better, is_plumbing
 from bnexp.engine.callbacks import Callback
@@ -66,6 +68,7 @@ class Plan:
     sampler: str = "tpe"
     sampler_seed: int = 0
     output_dir: str = "outputs"
+    storage: Optional[str] = None  # optuna: a database URL; None: the journal in the sweep directory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +168,12 @@ def threads_per_job(launcher_cfg) -> Optional[int]:
     target = str(launcher_cfg.get("_target_", ""))
     if "joblib" in target:
         return max(1, (os.cpu_count() or 1) // joblib_workers(int(launcher_cfg.n_jobs)))
-    if "submitit" in target:  # local jobs all start at once; Slurm gives each job cpus_per_task
-        return launcher_cfg.get("cpus_per_task") or (1 if "LocalLauncher" in target else None)
+    if "LocalLauncher" in target:  # local jobs all start at once
+        return launcher_cfg.get("cpus_per_task") or 1
+    if "submitit" in target:  # called inside the Slurm job: its allocation
+        from bnexp.launch.cluster import available_cpus
+
+        return available_cpus()
     return None
 
 
@@ -247,7 +254,7 @@ def _base_types(cfg) -> dict[str, Any]:
 
 def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int] = None,
          metric: str = "best_val_acc", trials: Optional[int] = None, sampler: str = "tpe",
-         sampler_seed: int = 0) -> Plan:
+         sampler_seed: int = 0, storage: Optional[str] = None) -> Plan:
     """Check a sweep request; every error is a one-line BnexpError and nothing is written."""
     import optuna.distributions as od
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -287,7 +294,7 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
                   metric=metric, swept=swept, fixed=[a[0] for a in alternatives if len(a) == 1 and
                                                      override_key(a[0]) not in swept],
                   space={k: od.distribution_to_json(d) for k, d in space.items()},
-                  trials=trials or 0, sampler=sampler, sampler_seed=sampler_seed,
+                  trials=trials or 0, sampler=sampler, sampler_seed=sampler_seed, storage=storage,
                   output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
     if kind == "grid":
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -328,44 +335,97 @@ def run_job(cfg) -> dict:
     earlier attempt (``bnexp sweep --resume``) is continued from its checkpoint, or started over."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bnexp.config.compose import check_schema, validate
     from bnexp.core.errors import Interrupted
-    from bnexp.launch.trainer import train
-    from bnexp.store.run import load_saved
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     local_worker = any(name in str(hydra_cfg.launcher.get("_target_", "")) for name in LOCAL_WORKERS)
     watch = [OrphanWatch(run_dir.parent)] if local_worker else []
-    message = None
+    on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    message, argv = None, sys.argv
+    sys.argv = ["bnexp", "train", *overrides]  # the run's repro.command: this job alone
     try:
-        if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
-            saved, saved_overrides = load_saved(run_dir)
-            train(saved, saved_overrides, resume=run_dir, progress=False, callbacks=watch)
-        else:
-            _clear_job_dir(run_dir)
-            cfg = check_schema(cfg)
-            if cfg.threads is None:  # the job's share of the cores, split among its own processes
-                share = threads_per_job(hydra_cfg.launcher)
-                cfg.threads = max(1, share // cfg.nproc) if share else None
-            validate(cfg)
-            train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
-    except Interrupted:
+        with sigterm_as_interrupt() if on_slurm else contextlib.nullcontext():
+            _train_job(cfg, run_dir, overrides, hydra_cfg.launcher, watch)
+    except (Interrupted, KeyboardInterrupt):
+        if on_slurm:  # cancelled or requeued: no result, so the sweep asks Slurm which (see bnexp.launch.cluster)
+            sys.stdout.flush()
+            os._exit(143)
         if any(w.fired for w in watch):  # nobody is left to report to: free the worker's memory now
             os._exit(1)
         raise KeyboardInterrupt from None
     except Exception as exc:  # the run's status says what happened; the sweep goes on
         message = one_line(exc)
-    if (run_dir / RUN_FILE).is_file():
-        row = load_record(run_dir)
-    else:  # failed before the run existed (e.g. its dataset could not be loaded)
-        row = RunRecord(id=run_dir.name, status="failed", overrides=overrides, message=message, dir=str(run_dir))
+        if not (run_dir / RUN_FILE).is_file():  # failed before the run existed (its data would not load)
+            record_failure(run_dir, cfg, overrides, message)
+    finally:
+        sys.argv = argv
+    row = load_record(run_dir) if (run_dir / RUN_FILE).is_file() else RunRecord(
+        id=run_dir.name, status="failed", overrides=overrides, message=message, dir=str(run_dir))
+    report_job(row, overrides)
+    return row
+
+
+def report_job(row: RunRecord, overrides: list[str]) -> None:
+    """The line a job's end prints: ``job 3 completed in 4.2 s (best val acc 0.9125): norm=none``."""
     best = row.metric("best_val_acc")
     shown = f"best val acc {best:.4f}" if best is not None else (row.message or "")
     chosen = " ".join(o for o in overrides if not is_plumbing(o))
     print(f"job {job_number(row)} {row.status} in {fmt_seconds(row.duration_s)} ({shown}): {chosen}", flush=True)
+
+
+def lost_job(sweep_dir: Path, number: int, overrides: list[str], reason: str) -> RunRecord:
+    """The row of a job that ended without a result (cancelled on the cluster, killed): its run, if
+    it started and did not finish, is recorded ``interrupted`` with the reason (its checkpoint kept
+    for ``--resume``); a job that never started is a ``failed`` row with the reason."""
+    run_dir = next((d for d in sweep_dir.glob(f"{sweep_dir.name}-{number}-*") if (d / RUN_FILE).is_file()), None)
+    if run_dir is None:
+        return RunRecord(id=f"{sweep_dir.name}-{number}", status="failed", overrides=overrides, message=reason,
+                         dir=None)
+    try:
+        run = Run.open(run_dir)
+    except BnexpError:
+        pass  # still held by a process that records its own ending
+    else:
+        try:
+            if run.record.status in ("running", "interrupted"):  # say why it stopped and how to go on
+                run.finish("interrupted", f"{reason}; continue with: bnexp sweep --resume {sweep_dir.name}")
+        finally:
+            run.close()
+    row = load_record(run_dir)
+    row.sweep = sweep_dir.name
     return row
+
+
+def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: list) -> None:
+    from bnexp.config.compose import check_schema, validate
+    from bnexp.launch.trainer import train
+    from bnexp.store.run import load_saved
+
+    if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
+        saved, saved_overrides = load_saved(run_dir)
+        train(saved, saved_overrides, resume=run_dir, progress=False, callbacks=watch)
+        return
+    _clear_job_dir(run_dir)
+    cfg = check_schema(cfg)
+    if cfg.threads is None:  # the job's share of the cores, split among its own processes
+        share = threads_per_job(launcher_cfg)
+        cfg.threads = max(1, share // cfg.nproc) if share else None
+    validate(cfg)
+    train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
+
+
+def record_failure(run_dir: Path, cfg, overrides: list[str], message: str) -> None:
+    """A job that failed before its run began still gets a run.json (status ``failed``, the reason),
+    so ``runs --status failed`` and ``show JOB`` find it. Best effort: a full disk leaves the row in
+    sweep.json only."""
+    from bnexp.store.run import new_record
+
+    with contextlib.suppress(Exception):
+        record = new_record(cfg, overrides, run_dir.name, str(cfg.device.type), {"command": shlex.join(sys.argv)})
+        record.status, record.message, record.ended = "failed", message, now_iso()
+        write_json(run_dir / RUN_FILE, record.to_json())
 
 
 def _clear_job_dir(run_dir: Path) -> None:
@@ -442,30 +502,54 @@ class _Hydra:
             return jobs or int(launcher.array_parallelism)
         return jobs or 1
 
-    def sweep(self, pending: Optional[dict[int, list[str]]] = None) -> list:
-        """Hydra's multirun: BasicSweeper expands the grid and hands it to the launcher. A continued
-        sweep launches only its ``pending`` jobs, each into its own earlier directory."""
-        from hydra.core.plugins import Plugins
+    def sweep(self, jobs: dict[int, list[str]]) -> list:
+        """Hydra's multirun of the grid's ``jobs`` (by job number; a continued sweep's pending ones),
+        each into its own directory. The grid was expanded and every value validated while planning,
+        so Hydra's sweeper (which composes every job once more to validate it) is not needed."""
         from omegaconf import OmegaConf
 
         self.callbacks.on_multirun_start(config=self.cfg, config_name="config")
-        if pending is None:
-            sweeper = Plugins.instance().instantiate_sweeper(config=self.cfg, hydra_context=self.context,
-                                                             task_function=run_job)
-            returns = sweeper.sweep(arguments=OmegaConf.to_container(self.cfg.hydra.overrides.task))
-            returns = [r for batch in returns for r in batch]
-        else:
-            jobs = [[*job, f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
-                    for i, job in pending.items()]
-            returns = self.launcher().launch(jobs, initial_job_idx=0) if jobs else []
+        self.dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.cfg, self.dir / "multirun.yaml")
+        returns = []
+        for chunk in _runs_of_consecutive(sorted(jobs)):  # a launch numbers its jobs consecutively
+            returns += self.launch([[*jobs[i], f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
+                                    for i in chunk], initial_job_idx=chunk[0])
         self.callbacks.on_multirun_end(config=self.cfg, config_name="config")
         return returns
 
     def launcher(self):
         from hydra.core.plugins import Plugins
 
-        return Plugins.instance().instantiate_launcher(hydra_context=self.context, task_function=run_job,
-                                                       config=self.cfg)
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=self.context, task_function=run_job,
+                                                           config=self.cfg)
+        if hasattr(launcher, "_EXECUTOR"):  # submitit: launched by bnexp.launch.cluster (see there why)
+            launcher.launch = lambda jobs, initial_job_idx: self.launch_submitit(launcher, jobs, initial_job_idx)
+        return launcher
+
+    def launch(self, jobs: list[list[str]], initial_job_idx: int) -> list:
+        return self.launcher().launch(jobs, initial_job_idx=initial_job_idx)
+
+    def launch_submitit(self, launcher, jobs: list[list[str]], initial_job_idx: int) -> list:
+        from bnexp.launch import cluster
+
+        def ended(number: int, overrides: list[str], returned, reason: Optional[str]) -> RunRecord:
+            row = _returned_rows([returned])[0] if returned is not None else lost_job(self.dir, number, overrides, reason)
+            report_job(row, overrides)
+            return row
+
+        return cluster.launch(launcher, jobs, initial_job_idx, ended)
+
+
+def _runs_of_consecutive(numbers: list[int]) -> list[list[int]]:
+    """``[0, 1, 2, 5, 6]`` -> ``[[0, 1, 2], [5, 6]]``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
 
 
 def _returned_rows(returns) -> list[RunRecord]:
@@ -473,7 +557,9 @@ def _returned_rows(returns) -> list[RunRecord]:
 
     rows = []
     for r in returns:
-        if r.status == JobStatus.COMPLETED:
+        if isinstance(r, RunRecord):  # made by bnexp.launch.cluster already
+            rows.append(r)
+        elif r.status == JobStatus.COMPLETED:
             rows.append(r.return_value)
         else:  # the task function itself broke (it catches training errors); reading
             # r.return_value would re-raise its exception, hence the private attribute
@@ -491,7 +577,12 @@ class Session:
     plan: Plan
     dir: Path
     hydra: "_Hydra"
-    lock: DirLock
+    lock: Optional[DirLock]  # None for a worker of a search: many work on one sweep at once
+    worker: bool = False
+
+    def release(self) -> None:
+        if self.lock:
+            self.lock.release()
 
     def save(self, **changes: Any) -> dict:
         """Update sweep.json (as stored, not as shown) with ``changes``."""
@@ -503,9 +594,11 @@ class Session:
         return sweep
 
 
-def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> Session:
-    """Create the sweep directory, lock it and write sweep.json; a Hydra error removes it again."""
+def start(p: Plan, name: Optional[str], jobs: Optional[int], worker: bool = False) -> Session:
+    """Create the sweep directory, lock it and write sweep.json; a Hydra error removes it again.
+    ``worker``: this process then works on the search as one of its workers."""
     sweep_dir = new_sweep_dir(p.output_dir, name)
+    p = in_process(p) if worker else p
     try:
         lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
         app = _Hydra(p, sweep_dir, p.overrides if p.kind == "grid" else p.fixed)
@@ -514,10 +607,12 @@ def start(p: Plan, name: Optional[str], jobs: Optional[int]) -> Session:
                                             "ended": None, "owner": owner_info(), "heartbeat": now_iso(),
                                             **asdict(p), "jobs": []})
         write_sweep_experiment(sweep_dir, app.task_params(), p.swept)
+        if p.kind == "optuna":  # created now, so that workers started next find it
+            _study(p, sweep_dir)
     except BaseException:
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
-    return Session(p, sweep_dir, app, lock)
+    return Session(p, sweep_dir, app, lock, worker=worker)
 
 
 def finish(session: Session, status: str, rows: list = (), **extra: Any) -> list[RunRecord]:
@@ -542,20 +637,28 @@ def run(session: Session) -> list[RunRecord]:
         else:
             rows, extra["optuna"] = _optimize(session)
     except KeyboardInterrupt:
-        reap(session.dir)
-        finish(session, "interrupted")
-        session.lock.release()
+        if not session.worker:  # a worker's trial is re-proposed by the other workers
+            reap(session.dir)
+            finish(session, "interrupted")
+        session.release()
         raise
     except Exception as exc:
-        session.lock.release()
+        session.release()
         if not any(iter_run_dirs(session.dir)) and not lists_jobs(session.dir):
             shutil.rmtree(session.dir, ignore_errors=True)
             raise BnexpError(f"sweep failed before any job ran (launcher {p.launcher}): {one_line(exc)}") from None
         finish(session, "failed")
         raise BnexpError(f"sweep stopped (launcher {p.launcher}): {one_line(exc)}; its jobs so far: {session.dir}") from None
-    jobs = finish(session, "completed", rows, **extra)
-    session.lock.release()
+    jobs = finish(session, outcome(job_rows(session.dir, rows)), rows, **extra)
+    session.release()
     return jobs
+
+
+def outcome(rows: list) -> str:
+    """A finished sweep's status: ``completed`` when every job ended with a result (completed, or
+    diverged: a result of the study too), ``failed`` when none did, else ``partial``."""
+    done = sum(1 for r in rows if r.status in ("completed", "diverged"))
+    return "completed" if rows and done == len(rows) else ("partial" if done else "failed")
 
 
 def lists_jobs(sweep_dir: Path) -> bool:
@@ -596,16 +699,19 @@ def reap(sweep_dir: Path, wait_s: float = 10.0) -> int:
 # Optuna
 
 
-def _study(p: Plan, sweep_dir: Path):
-    """The study in ``study.db``. The sampler's seed is advanced by the trials the study already
-    has: a continued search starts a new random stream instead of proposing its first points again."""
+def _study(p: Plan, sweep_dir: Path, worker: bool = False):
+    """The search's study (see :mod:`bnexp.launch.search` for where it lives). The sampler's seed is
+    advanced by the trials the study already has: a continued search starts a new random stream
+    instead of proposing its first points again."""
     import optuna
 
+    from bnexp.launch.search import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{sweep_dir / 'study.db'}"
     direction = "maximize" if higher_is_better(p.metric) else "minimize"
-    study = optuna.create_study(storage=storage, study_name=sweep_dir.name, direction=direction, load_if_exists=True)
-    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False))
+    study = optuna.create_study(storage=open_storage(sweep_dir, p.storage), study_name=sweep_dir.name,
+                                direction=direction, load_if_exists=True)
+    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + os.getpid() % 9973 * worker
     study.sampler = (optuna.samplers.TPESampler(seed=seed) if p.sampler == "tpe"
                      else optuna.samplers.RandomSampler(seed=seed))
     return study
@@ -623,40 +729,53 @@ def _trial_overrides(p: Plan, space: dict[str, Any], params: dict[str, Any]) -> 
 
 def _optimize(session: Session) -> tuple[list[RunRecord], dict]:
     """Ask a batch of trials, launch them as Hydra jobs (job number = trial number), tell the results.
-    Completed and diverged jobs report their metric; a job without one is a failed trial. Trials an
-    interrupted sweep left running are marked failed first."""
+    Completed and diverged jobs report their metric; a job without one is a failed trial. Trials
+    whose process is gone (an interrupted sweep's, a killed worker's) are failed and re-proposed."""
     import optuna.distributions as od
-    from optuna.trial import TrialState
+
+    from bnexp.launch import search
 
     p = session.plan
-    study, launcher = _study(p, session.dir), session.hydra.launcher()
+    study = _study(p, session.dir, session.worker)
     space = {k: od.json_to_distribution(v) for k, v in p.space.items()}
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study.tell(stale.number, state=TrialState.FAIL)
+    if session.worker:
+        return _work(session, study, space)
+    search.reclaim_lost(study, orphans=True)
     rows: list[RunRecord] = []
     while (remaining := p.trials - len(study.get_trials(deepcopy=False))) > 0:
         batch = [study.ask(space) for _ in range(min(p.jobs_at_once, remaining))]
-        results = _returned_rows(launcher.launch([_trial_overrides(p, space, t.params) for t in batch],
-                                                 initial_job_idx=batch[0].number))
+        results = _returned_rows(session.hydra.launch([_trial_overrides(p, space, t.params) for t in batch],
+                                                      initial_job_idx=batch[0].number))
         for trial, row in zip(batch, results):
-            value = row.metric(p.metric)
-            if row.dir:
-                trial.set_user_attr("run", row.id)
-            if row.status in ("completed", "diverged") and value is not None and math.isfinite(value):
-                study.tell(trial.number, value)
-            else:
-                study.tell(trial.number, state=TrialState.FAIL)
+            search.tell(study, trial, row, p.metric)
         rows += results
-        finish(session, "running", rows, optuna=study_summary(study))
-    return rows, study_summary(study)
+        finish(session, "running", rows, optuna=study_summary(study, search.storage_label(session.dir, p.storage)))
+    return rows, study_summary(study, search.storage_label(session.dir, p.storage))
 
 
-def study_summary(study) -> dict:
+def _work(session: Session, study, space: dict) -> tuple[list[RunRecord], dict]:
+    """This process as one worker of the search: ask, train (in this process), tell, until the
+    study has the asked number of completed trials (see :mod:`bnexp.launch.search`)."""
+    from bnexp.launch import search
+
+    p, rows = session.plan, []
+
+    def train_trial(trial, number: int) -> RunRecord:
+        (row,) = _returned_rows(session.hydra.launch([_trial_overrides(p, space, trial.params)],
+                                                     initial_job_idx=number))
+        rows.append(row)
+        return row
+
+    search.work(study, space, p.trials, train_trial, p.metric)
+    return rows, study_summary(study, search.storage_label(session.dir, p.storage))
+
+
+def study_summary(study, storage: str) -> dict:
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    summary = {"study": study.study_name, "storage": "study.db", "trials": len(study.get_trials(deepcopy=False)),
-               "completed": len(done)}
+    summary = {"study": study.study_name, "storage": storage,
+               "trials": len(study.get_trials(deepcopy=False)), "completed": len(done)}
     if done:
         best = study.best_trial
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
@@ -668,13 +787,41 @@ def study_summary(study) -> dict:
 # Continuing a sweep
 
 
-def pending_jobs(sweep_dir: Path, p: Plan) -> Optional[dict[int, list[str]]]:
-    """Of a grid, the jobs still to run by number: all of them for a new sweep (None), else those
-    not completed or diverged (failed, interrupted, dead, or never started)."""
+def pending_jobs(sweep_dir: Path, p: Plan) -> dict[int, list[str]]:
+    """Of a grid, the jobs still to run by number: those not completed or diverged (failed,
+    interrupted, dead, or never started); all of them for a new sweep."""
     done = {job_number(r): r.status for r in job_rows(sweep_dir) if job_number(r) is not None}
-    if not done:
-        return None
     return {i: job for i, job in enumerate(p.grid) if done.get(i) not in ("completed", "diverged")}
+
+
+def in_process(p: Plan) -> Plan:
+    """The plan with its jobs run in this process (Hydra's basic launcher): how a worker trains."""
+    from dataclasses import replace
+
+    kept = [o for o in p.hydra_overrides if not override_key(o).startswith(("hydra/launcher", "hydra.launcher"))]
+    return replace(p, hydra_overrides=[*kept, "hydra/launcher=basic"], launcher="basic", jobs_at_once=1)
+
+
+def join(ref: str, trials: Optional[int], sampler_seed: Optional[int] = None, storage: Optional[str] = None) -> Session:
+    """This process as one more worker of an Optuna search (no lock: any number work at once)."""
+    from bnexp.config.compose import load
+
+    kind, sweep_dir = resolve(ref, Path(load([]).output_dir))
+    if kind != "sweep":
+        raise BnexpError(f"--study {ref}: {sweep_dir.name} is a run, not a sweep")
+    sweep_dir = sweep_dir.resolve()
+    sweep = read_sweep(sweep_dir)
+    p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+    if p.kind != "optuna":
+        raise BnexpError(f"--study {ref}: {sweep_dir.name} is not an Optuna search (those are made with --trials)")
+    if trials is not None:
+        if trials < 1:
+            raise BnexpError(f"--trials {trials}: must be >= 1")
+        p.trials = trials
+    p.sampler_seed = sampler_seed if sampler_seed is not None else p.sampler_seed
+    p.storage = storage or p.storage
+    p = in_process(p)
+    return Session(p, sweep_dir, _Hydra(p, sweep_dir, p.fixed), None, worker=True)
 
 
 def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: Optional[int] = None) -> Session:
@@ -726,7 +873,6 @@ def slurm_script(p: Plan) -> tuple[str, list[str]]:
     ``--gpus-per-node=2``, one array task per job); the sweep id is a placeholder. Also returns
     notes on how the settings fit the jobs' ``nproc``: each job is one Slurm task, whose
     ``bnexp train`` starts the job's ``nproc`` processes itself on its node."""
-    import shlex
     import sys
 
     from omegaconf import OmegaConf

@@ -1,0 +1,215 @@
+"""Sweep jobs on Slurm (and submitit's local executor), launched so that the sweep can be trusted.
+
+Hydra's submitit launcher submits one job array and waits for ``job.results()`` of every job in
+turn: one job that Slurm cancels or that dies without a result raises and ends the whole sweep,
+a job whose task function failed is reported as COMPLETED (hydra#1928), nothing is printed
+while jobs finish, and a killed sweep leaves its jobs running. :func:`launch` submits the same
+array through the same launcher object (its settings, its ``__call__`` running bnexp's job) and
+then:
+
+* reports each job as it finishes (one line per job, in the order they end);
+* turns a job that ended without a result (cancelled, node failure, killed) into a row with the
+  reason Slurm gives (its run, if it started, is recorded ``interrupted``: its checkpoint is kept);
+* hands the job ids to a *reaper*: a small process, started in its own session, that holds a pipe
+  from the sweep and cancels every job still queued or running when that pipe closes without a
+  word, i.e. when the sweep dies however it dies (kill -9 included);
+* reads Slurm's job states quietly: submitit asks ``sacct``, which on a cluster without accounting
+  prints "Slurm accounting storage is disabled" and a warning on every poll; then ``squeue`` is
+  asked instead.
+
+A job requeued by Slurm (``scontrol requeue``, preemption) runs the same pickled call again, which
+continues its run from the checkpoint (see :func:`bnexp.launch.sweep.run_job`); the sweep keeps waiting
+for it as long as Slurm says it is pending or running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+# Slurm states after which a job produces nothing more (it may still be requeued by hand).
+FINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                "PREEMPTED", "TIMEOUT", "FINISHED", "INTERRUPTED", "DONE")
+
+
+def in_slurm_job() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its Slurm allocation inside a Slurm job (cores per task, or
+    on the node), else the CPU affinity mask (what ``taskset`` or a cgroup left), else every core."""
+    for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(key, "") if in_slurm_job() else ""
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Quiet job states
+
+
+def quiet_slurm_watcher():
+    """A submitit Slurm watcher that asks ``sacct`` with its stderr captured and, once sacct says
+    accounting is disabled, ``squeue`` (every task of every job, finished ones while Slurm keeps
+    them) in the same ``JobID|State|NodeList`` form."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class QuietSlurmWatcher(SlurmInfoWatcher):
+        use_squeue = False
+
+        def _make_command(self) -> Optional[list[str]]:
+            command = super()._make_command()
+            if command is None or not self.use_squeue:
+                return command
+            ids = ",".join(command[i + 1] for i, arg in enumerate(command) if arg == "-j")
+            return ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ids]
+
+        def update(self) -> None:
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0 and "accounting storage is disabled" in done.stderr and not self.use_squeue:
+                self.use_squeue = True
+                return self.update()
+            if done.returncode == 0:
+                output = ("JobID|State|NodeList\n" + done.stdout) if self.use_squeue else done.stdout
+                self._info_dict.update(self.read_info(output))
+            self._last_status_check = time.time()
+            for job_id in self._registered - self._finished:
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    return QuietSlurmWatcher(delay_s=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reaper: a dead man's switch for a sweep's Slurm jobs
+
+
+class Reaper:
+    """While the sweep runs, a process in its own session reads a pipe from it; job ids sent down
+    the pipe are remembered; ``done`` ends it quietly; EOF without ``done`` (the sweep died)
+    cancels every remembered job with ``scancel``."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "bnexp.launch.cluster", "reap"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                                        start_new_session=True, env={**os.environ})
+
+    def watch(self, job_ids: Sequence[str]) -> None:
+        self.process.stdin.write("".join(f"{j}\n" for j in job_ids))
+        self.process.stdin.flush()
+
+    def close(self, cancel: bool = False) -> None:
+        """``cancel``: cancel the jobs now (the sweep was stopped), else just end the reaper."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.write("cancel\n" if cancel else "done\n")
+            self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+
+def reap_main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the sweep's terminal is the sweep's
+    jobs: list[str] = []
+    for line in sys.stdin:
+        line = line.strip()
+        if line == "done":
+            return
+        if line == "cancel":
+            break
+        if line:
+            jobs.append(line)
+    if jobs:  # the sweep is gone (EOF) or stopped: nothing of it may keep running on the cluster
+        subprocess.run(["scancel", *sorted(set(jobs))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching
+
+
+@contextlib.contextmanager
+def _reaper(slurm: bool) -> Iterator[Optional[Reaper]]:
+    if not slurm:
+        yield None
+        return
+    reaper = Reaper()
+    try:
+        yield reaper
+    except BaseException:
+        reaper.close(cancel=True)
+        raise
+    else:
+        reaper.close()
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+           ended: Callable[[int, list[str], Any, Optional[str]], Any], poll_s: float = 1.0) -> list:
+    """Submit the jobs as Hydra's submitit ``launcher`` would and wait for every one. As each job
+    ends, ``ended(number, overrides, job_return, reason)`` makes its row: ``job_return`` is Hydra's
+    JobReturn, or None with ``reason`` for a job that ended without one. Returns the rows in job
+    order."""
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    executor_kind = launcher._EXECUTOR
+    params = dict(launcher.params)
+    executor = submitit.AutoExecutor(cluster=executor_kind, folder=params.pop("submitit_folder"),
+                                     **({f"{executor_kind}_max_num_timeout": params.pop("max_num_timeout")}
+                                        if "max_num_timeout" in params else {}))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{executor_kind}_{k}": v for k, v in params.items()})
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+    arguments = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
+                 for n, o in zip(numbers, job_overrides)]
+    slurm = executor_kind == "slurm"
+    if slurm:
+        from submitit.slurm.slurm import SlurmJob
+
+        SlurmJob.watcher = quiet_slurm_watcher()
+    with _reaper(slurm) as reaper:
+        jobs = executor.map_array(launcher, *zip(*arguments))
+        if reaper:
+            reaper.watch([j.job_id for j in jobs])
+        results: dict[int, Any] = {}
+        while len(results) < len(jobs):
+            for i, job in enumerate(jobs):
+                if i in results or not job.done():
+                    continue
+                outcome = job.exception()
+                overrides = list(filter_overrides(job_overrides[i]))
+                if outcome is None:
+                    results[i] = ended(numbers[i], overrides, job.results()[0], None)
+                else:
+                    results[i] = ended(numbers[i], overrides, None, _reason(job, outcome))
+            if len(results) < len(jobs):
+                time.sleep(poll_s)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _reason(job, exception: BaseException) -> str:
+    state = job.state
+    if state and state != "UNKNOWN":
+        return f"Slurm job {job.job_id} ended {state} without a result"
+    return f"job {job.job_id} ended without a result ({type(exception).__name__})"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["reap"]:
+        reap_main()
