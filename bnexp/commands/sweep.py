@@ -30,7 +30,7 @@ def _dry_run(p) -> None:
     from rich.console import Console
 
     from bnexp.core.vocab import higher_is_better
-    from bnexp.launch.sweep import describe
+    from bnexp.launch.plan import describe
 
     console = Console()
     if p.kind == "grid":
@@ -87,6 +87,7 @@ def sweep(
 
     from bnexp.core.errors import sigterm_as_interrupt
     from bnexp.launch import sweep as sweeps
+    from bnexp.launch.plan import plan
     from bnexp.store.registry import read_sweep
     from bnexp.store.sweeps import job_rows
     from bnexp.views.sweep_table import sweep_table
@@ -119,7 +120,7 @@ def sweep(
     else:
         if storage and not trials:
             raise BnexpError("--storage is where an Optuna search keeps its study; add --trials N")
-        p = sweeps.plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
+        p = plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
                         sampler=sampler, sampler_seed=sampler_seed or 0, storage=storage)
         if dry_run:
             _dry_run(p)

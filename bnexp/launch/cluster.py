@@ -18,7 +18,7 @@ then:
   asked instead.
 
 A job requeued by Slurm (``scontrol requeue``, preemption) runs the same pickled call again, which
-continues its run from the checkpoint (see :func:`bnexp.launch.sweep.run_job`); the sweep keeps waiting
+continues its run from the checkpoint (see :func:`bnexp.launch.job.run_job`); the sweep keeps waiting
 for it as long as Slurm says it is pending or running.
 """
 

@@ -26,7 +26,8 @@ class Preview:
 
 def preview(ref: str, *, study: bool, trials: Optional[int], worker: bool = False) -> Preview:
     from bnexp.config.compose import load
-    from bnexp.launch.sweep import Plan, pending_jobs
+    from bnexp.launch.plan import Plan
+    from bnexp.launch.sweep import pending_jobs
     from bnexp.store.catalog import resolve
     from bnexp.store.registry import read_sweep
 

@@ -1,0 +1,276 @@
+"""Planning a sweep: the overrides parsed by Hydra's grammar into a grid or an Optuna search space, the launcher and its settings checked, every job's config composed and validated up front (:class:`Plan`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from bnexp.config.compose import one_line
+from bnexp.core.errors import BnexpError
+from bnexp.core.keys import override_key
+from bnexp.core.vocab import METRICS
+
+SAMPLERS = ("tpe", "random")
+
+
+# Hydra logs nothing itself (the sweep prints its own lines) and jobs keep the working directory.
+HYDRA_DEFAULTS = {"hydra/job_logging": "none", "hydra/hydra_logging": "none", "hydra.job.chdir": "false"}
+
+
+# Launcher setting that `--jobs N` sets: how many jobs run at once.
+PARALLEL_SETTING = {"joblib": "n_jobs", "submitit_slurm": "array_parallelism"}
+
+
+@dataclass
+class Plan:
+    """A sweep checked end to end (every swept value composed and validated) and ready to launch."""
+
+    kind: str  # grid | optuna
+    overrides: list[str]  # bnexp overrides as given (with sweep syntax)
+    hydra_overrides: list[str]  # Hydra overrides: the launcher and its settings
+    launcher: str
+    jobs_at_once: int
+    metric: str
+    swept: list[str]  # keys whose value varies between jobs
+    fixed: list[str]  # overrides every job shares
+    grid: list[list[str]] = field(default_factory=list)  # grid: each job's overrides
+    space: dict[str, str] = field(default_factory=dict)  # optuna: key -> distribution as JSON
+    trials: int = 0  # optuna: trials the study should reach
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    output_dir: str = "outputs"
+    storage: Optional[str] = None  # optuna: a database URL; None: the journal in the sweep directory
+
+
+def _search_path():
+    from hydra._internal.utils import create_config_search_path
+
+    from bnexp.config.groups import config_dir
+
+    return create_config_search_path(f"file://{config_dir()}")
+
+
+def _parse(overrides: list[str], loader) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create(config_loader=loader).parse_overrides(overrides)
+    except HydraException as exc:
+        raise BnexpError(f"malformed override: {one_line(exc)}") from None
+
+
+def _launcher(hydra_overrides: list[str], launcher: Optional[str], jobs: Optional[int], loader) -> tuple[str, list[str]]:
+    """The launcher name and the Hydra overrides that select and size it."""
+    chosen = [o.split("=", 1)[1] for o in hydra_overrides if override_key(o) == "hydra/launcher"]
+    if launcher and chosen and chosen[-1] != launcher:
+        raise BnexpError(f"--launcher {launcher} contradicts hydra/launcher={chosen[-1]}; give one of them")
+    name = launcher or (chosen[-1] if chosen else ("joblib" if jobs and jobs > 1 else "basic"))
+    valid = loader.get_group_options("hydra/launcher")
+    if name not in valid:
+        raise BnexpError(f"hydra/launcher={name}: no such launcher; installed launchers: {', '.join(valid)}")
+    result = list(hydra_overrides) + ([] if chosen else [f"hydra/launcher={name}"])
+    if jobs is not None:
+        if jobs < 1:
+            raise BnexpError(f"--jobs {jobs}: must be >= 1")
+        if name == "basic" and jobs > 1:
+            raise BnexpError("hydra/launcher=basic runs one job at a time; use --launcher joblib for --jobs > 1")
+        if name in PARALLEL_SETTING:
+            result.append(f"hydra.launcher.{PARALLEL_SETTING[name]}={jobs}")
+    return name, result
+
+
+# Launcher settings that would run commands or move files (submitit's shell setup lines, extra
+# sbatch or srun arguments, its working folder): never taken from a record, nor from the command line.
+UNSAFE_LAUNCHER_SETTINGS = ("setup", "srun_args", "additional_parameters", "submitit_folder", "python")
+
+
+HYDRA_GROUPS = ("hydra/launcher", "hydra/job_logging", "hydra/hydra_logging")
+
+
+def check_hydra_override(override: str, source: str = "") -> None:
+    """Of Hydra's own settings a sweep takes only what bnexp itself sets: the launcher, its logging
+    and plain launcher settings. Callbacks, ``_target_`` (anything Hydra would instantiate) and
+    placement keys are refused with one line (``source`` names the file they came from)."""
+    from bnexp.config.compose import PLACEMENT_KEYS
+
+    key = override_key(override)
+    where = f"{source}: " if source else ""
+    if key in PLACEMENT_KEYS:
+        raise BnexpError(f"{where}{key}=: bnexp places sweeps itself; use output_dir=DIR (sweeps go to DIR/sweeps)")
+    setting = key[len("hydra.launcher."):] if key.startswith("hydra.launcher.") else None
+    if key in HYDRA_GROUPS or key in HYDRA_DEFAULTS or (
+            setting and setting.isidentifier() and not setting.startswith("_")
+            and setting not in UNSAFE_LAUNCHER_SETTINGS):
+        return
+    raise BnexpError(f"{where}{key}: not a setting a bnexp sweep takes (only hydra/launcher=NAME and plain "
+                     "hydra.launcher.SETTING values; nothing Hydra would instantiate or run); refused")
+
+
+def check_recorded_plan(p: Plan, source: Path) -> None:
+    """Overrides read back from a sweep's record are data: every bnexp override must name a key of
+    bnexp's own config (or a config group), every Hydra override a launcher setting bnexp writes.
+    Anything else (``+hydra.callbacks.x._target_=...``, ``+model._target_=...``, a resolver) is refused
+    with one line naming the file, before Hydra sees it."""
+    from bnexp.config.compose import check_overrides, config_keys
+
+    known = config_keys()
+    for override in p.hydra_overrides:
+        check_hydra_override(override, str(source))
+    for override in [*p.overrides, *p.fixed, *(o for job in p.grid for o in job)]:
+        try:
+            check_overrides([override])
+        except BnexpError as exc:
+            raise BnexpError(f"{source}: {exc}") from None
+        if override_key(override) not in known:
+            raise BnexpError(f"{source}: {override_key(override)}: not a bnexp config key; refused")
+
+
+def joblib_workers(n_jobs: int) -> int:
+    """joblib's reading of n_jobs: -1 is every core, -2 all but one, ..."""
+    cores = os.cpu_count() or 1
+    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+
+
+def threads_per_job(launcher_cfg) -> Optional[int]:
+    """Torch threads for one job, so parallel jobs share the cores instead of oversubscribing them."""
+    target = str(launcher_cfg.get("_target_", ""))
+    if "joblib" in target:
+        return max(1, (os.cpu_count() or 1) // joblib_workers(int(launcher_cfg.n_jobs)))
+    if "LocalLauncher" in target:  # local jobs all start at once
+        return launcher_cfg.get("cpus_per_task") or 1
+    if "submitit" in target:  # called inside the Slurm job: its allocation
+        from bnexp.launch.cluster import available_cpus
+
+        return available_cpus()
+    return None
+
+
+def _alternatives(parsed: list, kind: str, base_types: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
+    """Per override, the override strings it can take (one for a fixed value), and for a search the
+    Optuna distribution of each swept key."""
+    import optuna.distributions as od
+    from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
+
+    alternatives, space = [], {}
+    for o in parsed:
+        if not o.is_sweep_override():
+            alternatives.append([o.input_line])
+            continue
+        key, value = o.get_key_element(), o.value()
+        if kind == "grid":
+            if not o.is_discrete_sweep():
+                raise BnexpError(f"{o.input_line}: interval() is a search range, not a grid; "
+                                 "add --trials N to search it with Optuna")
+            alternatives.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            continue
+        if isinstance(value, IntervalSweep):
+            log = "log" in value.tags
+            whole = float(value.start).is_integer() and float(value.end).is_integer()
+            if "int" in value.tags or (whole and base_types.get(o.key_or_group) is int):
+                space[key] = od.IntDistribution(int(value.start), int(value.end), log=log)
+            else:
+                space[key] = od.FloatDistribution(float(value.start), float(value.end), log=log)
+            ends = [value.start, value.end]
+            alternatives.append([f"{key}={Override._get_value_element_as_str(_cast(v, space[key]))}" for v in ends])
+        elif isinstance(value, RangeSweep) and all(isinstance(v, int) for v in o.sweep_iterator()):
+            values = list(o.sweep_iterator())
+            space[key] = od.IntDistribution(min(values), max(values), step=abs(int(value.step)))
+            alternatives.append([f"{key}={v}" for v in values])
+        else:  # choices, glob() and float ranges: categorical over the override strings
+            choices = list(o.sweep_string_iterator())
+            space[key] = od.CategoricalDistribution(choices)
+            alternatives.append([f"{key}={c}" for c in choices])
+    return alternatives, space
+
+
+def _cast(value, distribution):
+    import optuna.distributions as od
+
+    return int(value) if isinstance(distribution, od.IntDistribution) else value
+
+
+def _validate(alternatives: list[list[str]]):
+    """Compose and validate the first job, then every other value of each swept key on top of it:
+    each value is checked once (a compose per value, not per combination) before anything runs."""
+    from bnexp.config.compose import load
+
+    first = [alts[0] for alts in alternatives]
+    cfg = load(first)
+    for i, alts in enumerate(alternatives):
+        for alt in alts[1:]:
+            load(first[:i] + [alt] + first[i + 1:])
+    return cfg
+
+
+def describe(distribution_json: str) -> str:
+    """``float in [0.01, 1.0], log``, ``int in [16, 64], step 16``, ``one of none, custom``."""
+    import optuna.distributions as od
+
+    d = od.json_to_distribution(distribution_json)
+    if isinstance(d, od.CategoricalDistribution):
+        return "one of " + ", ".join(map(str, d.choices))
+    kind = "int" if isinstance(d, od.IntDistribution) else "float"
+    notes = (["log"] if d.log else []) + ([f"step {d.step}"] if d.step not in (None, 1) else [])
+    return f"{kind} in [{d.low}, {d.high}]" + "".join(f", {n}" for n in notes)
+
+
+def _base_types(cfg) -> dict[str, Any]:
+    from bnexp.core.keys import flatten
+
+    return {k: type(v) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+
+
+def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int] = None,
+         metric: str = "best_val_acc", trials: Optional[int] = None, sampler: str = "tpe",
+         sampler_seed: int = 0, storage: Optional[str] = None) -> Plan:
+    """Check a sweep request; every error is a one-line BnexpError and nothing is written."""
+    import optuna.distributions as od
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from bnexp.config.compose import load
+
+    if metric not in METRICS:
+        raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(METRICS)}")
+    if sampler not in SAMPLERS:
+        raise BnexpError(f"--sampler {sampler}: valid samplers are {', '.join(SAMPLERS)}")
+    if trials is not None and trials < 1:
+        raise BnexpError(f"--trials {trials}: must be >= 1")
+    for item in args:
+        if "=" not in item and not item.startswith("~"):
+            raise BnexpError(f"malformed override '{item}': expected key=value (e.g. norm=none,custom)")
+    hydra_args = [a for a in args if override_key(a).split("/")[0].split(".")[0] == "hydra"]
+    task = [a for a in args if a not in hydra_args]
+    from bnexp.config.compose import check_overrides
+
+    check_overrides(task)
+    for override in hydra_args:
+        check_hydra_override(override)
+    if any(override_key(a) == "resume" for a in task):
+        raise BnexpError("resume= continues one run; use `bnexp train resume=RUN` (or --study to continue a search)")
+    loader = ConfigLoaderImpl(config_search_path=_search_path())
+    name, hydra_overrides = _launcher(hydra_args, launcher, jobs, loader)
+    parsed = _parse(task, loader)
+    kind = "optuna" if trials else "grid"
+    swept = [override_key(o.get_key_element()) for o in parsed if o.is_sweep_override()]
+    if kind == "optuna" and not swept:
+        raise BnexpError("--trials needs something to search, e.g. optimizer.lr=tag(log,interval(0.01,1)) or "
+                         "norm=none,custom,builtin")
+    base_types = _base_types(load([o.input_line for o in parsed if not o.is_sweep_override()])) if kind == "optuna" else {}
+    alternatives, space = _alternatives(parsed, kind, base_types)
+    cfg = _validate(alternatives)
+    result = Plan(kind=kind, overrides=task, hydra_overrides=hydra_overrides, launcher=name, jobs_at_once=1,
+                  metric=metric, swept=swept, fixed=[a[0] for a in alternatives if len(a) == 1 and
+                                                     override_key(a[0]) not in swept],
+                  space={k: od.distribution_to_json(d) for k, d in space.items()},
+                  trials=trials or 0, sampler=sampler, sampler_seed=sampler_seed, storage=storage,
+                  output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
+    if kind == "grid":
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        result.grid = BasicSweeper.split_arguments(parsed, None)[0]
+    return result
