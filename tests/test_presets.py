@@ -18,7 +18,8 @@ from bnexp.config.compose import load
 from bnexp.config.groups import config_dir
 from bnexp.nn.models import build_model
 
-PRESETS = ["mlp_mnist", "convnet_mnist", "lenet_fashion", "simplenet_mnist", "bn_paper_mnist", "batch_size_study"]
+PRESETS = ["mlp_mnist", "convnet_mnist", "lenet_fashion", "simplenet_mnist", "bn_paper_mnist", "batch_size_study",
+           "ics_study", "depth_study", "small_batch_study"]
 OFFLINE = "dataset=idx dataset.path=../shared/data/mnist-t10k"
 FEW_STEPS = ["max_steps=3", "dataset.limit_train=256", "dataset.limit_val=64", "epochs=1", "log_every_steps=1"]
 

@@ -171,14 +171,26 @@ def validate(cfg: DictConfig) -> None:
     _choice("model.activation", m.activation, ACTIVATIONS)
     _choice("model.init", m.init, INITS)
     _require(all(h >= 1 for h in m.hidden_sizes), f"model.hidden_sizes={list(m.hidden_sizes)}: sizes must be >= 1")
-    convs = len(MODELS[m.name].convs)
-    _require(convs or len(m.hidden_sizes) >= 1, f"model.hidden_sizes=[]: an {m.name} needs at least one hidden layer")
-    _require(not convs or len(m.channels) == convs,
-             f"model.channels={list(m.channels)}: {m.name} takes exactly {convs} conv widths, e.g. [6,16]")
+    spec = MODELS[m.name]
+    convs = len(spec.convs)
+    if spec.residual:
+        _require(len(m.channels) == 3, f"model.channels={list(m.channels)}: resnet takes 3 stage widths, e.g. [16,32,64]")
+        _require(m.depth is None or (m.depth >= 8 and (m.depth - 2) % 6 == 0),
+                 f"model.depth={m.depth}: a resnet's depth is 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...)")
+    else:
+        _require(convs or len(m.hidden_sizes) >= 1, f"model.hidden_sizes=[]: an {m.name} needs at least one hidden layer")
+        _require(not convs or len(m.channels) == convs,
+                 f"model.channels={list(m.channels)}: {m.name} takes exactly {convs} conv widths, e.g. [6,16]")
+        _require(m.depth is None or m.depth >= max(convs, 1),
+                 f"model.depth={m.depth}: {m.name} needs depth >= {max(convs, 1)} (norm sites) or null")
     _require(all(c >= 1 for c in m.channels), f"model.channels={list(m.channels)}: widths must be >= 1")
     _require(m.init_std > 0, f"model.init_std={m.init_std}: must be > 0")
     _choice("norm", n.kind, NORMS)
     _require(n.eps > 0, f"norm.eps={n.eps}: must be > 0")
+    _require(n.noise >= 0, f"norm.noise={n.noise}: must be >= 0 (0 turns the injected noise off)")
+    _require(n.rmax >= 1 and n.dmax >= 0, f"norm.rmax={n.rmax}, norm.dmax={n.dmax}: need rmax >= 1 and dmax >= 0")
+    _require(n.warmup_steps >= 0 and n.relax_steps >= 0,
+             f"norm.warmup_steps={n.warmup_steps}, norm.relax_steps={n.relax_steps}: must be >= 0")
     _require(n.momentum is None or 0 <= n.momentum <= 1, f"norm.momentum={n.momentum}: must be in [0, 1] or null")
     _require(n.ghost_batch_size is None or n.ghost_batch_size >= 2,
              f"norm.ghost_batch_size={n.ghost_batch_size}: must be >= 2 (examples per virtual batch) or null")
@@ -222,6 +234,12 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.hist_every_steps >= 0, f"hist_every_steps={cfg.hist_every_steps}: must be >= 0 (0 turns it off)")
     _require(cfg.log_channels >= 0, f"log_channels={cfg.log_channels}: must be >= 0")
     _require(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1 or null")
+    g = cfg.diagnostics
+    for key in ("shift_every", "ics_every", "smooth_every"):
+        _require(g[key] >= 0, f"diagnostics.{key}={g[key]}: must be >= 0 (0 turns it off)")
+    _require(len(g.smooth_steps) >= 1 and all(s > 0 for s in g.smooth_steps),
+             f"diagnostics.smooth_steps={list(g.smooth_steps)}: one or more positive multiples of the lr")
+    _require(g.probe_batch is None or g.probe_batch >= 2, f"diagnostics.probe_batch={g.probe_batch}: must be >= 2 or null")
     validate_name("name", cfg.name)
 
 

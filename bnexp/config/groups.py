@@ -17,12 +17,14 @@ class ModelSpec(NamedTuple):
 
     convs: tuple = ()
     pool: Optional[str] = None  # torch.nn class of the pooling after each conv stage
+    residual: bool = False  # a ResNet (bnexp.nn.models.ResNet): channels are its stage widths, depth 6n+2
 
 
 MODELS = {
     "mlp": ModelSpec(),
     "lenet": ModelSpec(convs=((5, 2), (5, 0)), pool="AvgPool2d"),  # d2l LeNet-5
     "convnet": ModelSpec(convs=((3, 1), (5, 0)), pool="MaxPool2d"),  # the course's conv_bn_net
+    "resnet": ModelSpec(residual=True),  # He et al. 2016's CIFAR ResNet (ResNet-20 at depth 20)
 }
 
 
@@ -57,6 +59,9 @@ NORMS = {
                         title="with BN (norm=builtin)", color="#1f77b4"),
     "layer": NormSpec("bnexp.nn.norms.layer_norm", title="LayerNorm (norm=layer)", color="#2ca02c"),
     "group": NormSpec("bnexp.nn.norms.group_norm", title="GroupNorm (norm=group)", color="#9467bd"),
+    "batch_renorm": NormSpec("bnexp.nn.variants.batch_renorm", running_stats=True, min_batch=2, ghost=True,
+                             title="batch renorm (norm=batch_renorm)", color="#d62728"),
+    "frozen": NormSpec("bnexp.nn.variants.frozen_batch_norm", title="frozen BN (norm=frozen)", color="#8c564b"),
 }
 
 

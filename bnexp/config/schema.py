@@ -18,6 +18,10 @@ class ModelConfig:
     activation: str = "relu"
     init: str = "default"
     init_std: float = 0.01  # used by init=normal
+    # null: the layers listed above; N: N norm sites (mlp: N hidden layers of hidden_sizes[0] units;
+    # lenet/convnet: the conv stages plus 3x3 convs of the last stage's width up to N convs;
+    # resnet: the ResNet depth 6n+2, i.e. n blocks per stage and 6n+1 norm sites)
+    depth: Optional[int] = None
 
 
 @dataclass
@@ -29,6 +33,11 @@ class NormConfig:
     ghost_batch_size: Optional[int] = None  # statistics over virtual batches of this size (Hoffer et al. 2017)
     sync: bool = False  # with nproc > 1: statistics over the global batch (all ranks)
     groups: int = 2  # norm=group: channel groups per site (must divide every layer width)
+    noise: float = 0.0  # > 0: random per-channel scale exp(noise*u) and shift noise*v after the norm, new each step
+    rmax: float = 3.0  # batch_renorm: r = sigma_B/sigma clipped to [1/rmax, rmax]
+    dmax: float = 5.0  # batch_renorm: d = (mu_B - mu)/sigma clipped to [-dmax, dmax]
+    warmup_steps: int = 0  # batch_renorm: plain BN (r=1, d=0) for this many steps
+    relax_steps: int = 0  # batch_renorm: then rmax/dmax grow linearly from 1/0 over this many steps
 
 
 @dataclass
@@ -78,6 +87,18 @@ class LoggerConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Probes of docs/bn-science.md; each costs nothing when 0/false."""
+
+    shift_every: int = 0  # per-site input/output distribution shift on a fixed probe batch, every N steps
+    ics_every: int = 0  # Santurkar et al.'s internal covariate shift, every N steps (K-1 extra passes)
+    smooth_every: int = 0  # loss landscape along the gradient, every N steps (len(smooth_steps)+1 passes)
+    smooth_steps: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # multiples of the lr
+    signal_prop: bool = False  # per-depth channel mean^2 and variance at initialization
+    probe_batch: Optional[int] = None  # examples in the fixed probe batch (null: batch_size)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
@@ -85,6 +106,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     epochs: int = 5
     max_steps: Optional[int] = None
     batch_size: int = 64

@@ -41,6 +41,7 @@ from bnexp.config.groups import NORMS
 from bnexp.engine.callbacks import Callback
 from bnexp.engine.recalibrate import buffers_restored, recalibrate, recalibration_batches
 from bnexp.nn.models import norm_layers
+from bnexp.tracking.probes import ScienceProbes, running_stat_error, site_stat_layers
 from bnexp.tracking.sinks import Sink
 
 
@@ -49,9 +50,11 @@ def diagnostics(cfg: DictConfig, run, model, sinks: list[Sink]) -> list[Callback
     gradient telemetry (into the run's ``sinks``) when histograms are on."""
     listeners: list[Callback] = []
     if NORMS[cfg.norm.kind].running_stats:
-        listeners.append(TrainEvalGap(int(cfg.recalibrate_batches)))
+        listeners.append(TrainEvalGap(int(cfg.recalibrate_batches), run, sinks))
     if cfg.hist_every_steps:
         listeners.append(GradientTelemetry(run, model, sinks))
+    if ScienceProbes.wanted(cfg, model):
+        listeners.append(ScienceProbes(cfg, run, model, sinks))
     return listeners
 
 
@@ -60,12 +63,23 @@ def diagnostics(cfg: DictConfig, run, model, sinks: list[Sink]) -> list[Callback
 
 class TrainEvalGap(Callback):
     """Validation with batch statistics and, when ``recalibrate_batches`` > 0, with recalibrated
-    running statistics: how far the running estimate is from what the network was trained with."""
+    running statistics: how far the running estimate is from what the network was trained with.
 
-    def __init__(self, recalibrate_batches: int):
+    The recalibration also gives the running-statistics error (:func:`bnexp.tracking.probes.running_stat_error`)
+    of each site: ``running_mean_err``/``running_var_err`` in the epoch record (mean over sites), per
+    site as ``kind: running_stats`` records and ``running_stats/{mean_err,var_err}/<site>`` scalars
+    when the run's record and sinks are given."""
+
+    def __init__(self, recalibrate_batches: int, run=None, sinks: tuple[Sink, ...] = ()):
         self.batches = recalibrate_batches
+        self.run, self.sinks = run, sinks
 
     def on_validation(self, loop) -> dict:
+        devices = [loop.device] if loop.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # noisy BN draws in train mode: keep the training RNG as it was
+            return self.measure(loop)
+
+    def measure(self, loop) -> dict:
         from bnexp.engine.evaluate import evaluate
 
         cfg, data, model = loop.cfg, loop.data, loop.module
@@ -74,11 +88,29 @@ class TrainEvalGap(Callback):
             loss, acc = evaluate(model, data, data.val_x, data.val_y, cfg.eval_batch_size, batch_stats=True)
             metrics.update(val_loss_batch_stats=loss, val_acc_batch_stats=acc)
         if self.batches:
+            layers = site_stat_layers(model)
+            ema = {site: (m.running_mean.clone(), m.running_var.clone()) for site, m in layers.items()}
             with buffers_restored(model):
                 recalibrate(model, recalibration_batches(data, cfg.batch_size, cfg.seed, loop.epoch, self.batches))
                 loss, acc = evaluate(model, data, data.val_x, data.val_y, cfg.eval_batch_size)
+                metrics.update(self.stat_errors(loop, layers, ema))
             metrics.update(val_loss_recalibrated=loss, val_acc_recalibrated=acc)
         return metrics
+
+    def stat_errors(self, loop, layers: dict, ema: dict) -> dict:
+        """Running statistics (``ema``, kept before the recalibration) against the recalibrated ones."""
+        per_site = {site: running_stat_error(*ema[site], m.running_mean, m.running_var) for site, m in layers.items()}
+        for site, errors in per_site.items():
+            if self.run is not None:
+                self.run.log({"kind": "running_stats", "step": loop.progress.step, "epoch": loop.epoch, "site": site,
+                              **errors})
+            for sink in self.sinks:
+                sink.scalars({f"running_stats/{name}/{site}": value for name, value in errors.items()},
+                             loop.progress.step)
+        if not per_site:
+            return {}
+        return {f"running_{name}": sum(e[name] for e in per_site.values()) / len(per_site)
+                for name in ("mean_err", "var_err")}
 
 
 # --- gradients and effective learning rate -------------------------------------------------------
