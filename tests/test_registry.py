@@ -96,7 +96,7 @@ def test_filters_by_name_experiment_dataset_and_tags(registry, monkeypatch):
     check_choices("norm", ["none", "custom"], records)
     check_choices("experiment", ["mlp_mnist"], records)
     check_choices("model", ["retired-model"], records + [type(records[0])(id="x", model="retired-model")])
-    with pytest.raises(BnexpError, match="--norm batch: no norm of that name; valid values are builtin, custom, group, layer, none"):
+    with pytest.raises(BnexpError, match="--norm batch: no norm of that name; valid values are batch_renorm, builtin, custom, frozen, group, layer, none"):
         check_choices("norm", ["batch"], records)
 
 
