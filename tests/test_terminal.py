@@ -289,7 +289,7 @@ def test_unknown_option_is_one_error_line(cli):
 
 
 @pytest.mark.parametrize(("option", "value", "valid"), [
-    ("--norm", "batch", "builtin, custom, group, layer, none"), ("--model", "resnet", "convnet, lenet, mlp"),
+    ("--norm", "batch", "batch_renorm, builtin, custom, frozen, group, layer, none"), ("--model", "vgg", "convnet, lenet, mlp, resnet"),
     ("--dataset", "imagenet", "digits"), ("--experiment", "nope", "mlp_mnist"), ("--status", "done", "completed"),
     ("--sort", "colour", "best_val_acc"), ("--since", "yesterday", "2w")])
 def test_runs_filter_values_that_name_nothing_are_errors(cli, runs, option, value, valid):

@@ -92,7 +92,7 @@ def test_cfg_prints_composed_config_without_training(cli):
 
 def test_train_help_lists_groups_and_options(cli):
     text = cli("train", "--help").stdout
-    for line in ("model: convnet, lenet, mlp", "norm: builtin, custom, group, layer, none", "optimizer: adam, adamw, sgd",
+    for line in ("model: convnet, lenet, mlp, resnet", "norm: batch_renorm, builtin, custom, frozen, group, layer, none", "optimizer: adam, adamw, sgd",
                  "device: auto, cpu, cuda, mps", "dataset: cifar10, digits, fashion_mnist, idx, mnist"):
         assert line in text
 
@@ -147,15 +147,15 @@ def test_composing_and_checking_a_config_does_not_import_torch():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["model=foo"], "model=foo: no such option; valid model options: convnet, lenet, mlp"),
+    (["model=foo"], "model=foo: no such option; valid model options: convnet, lenet, mlp, resnet"),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0: must be > 0"),
     (["epochs=0"], "epochs=0: must be >= 1"),
     (["batch_size=1"], "batch_size=1 with norm=custom"),
     (["foo=1"], "unknown config key 'foo'"),
-    (["model.depth=3"], "unknown config key 'model.depth'; valid keys under model:"),
+    (["model.width=3"], "unknown config key 'model.width'; valid keys under model:"),
     (["epochs"], "malformed override 'epochs'"),
     (["epochs=abc"], "epochs='abc': expected an integer"),
-    (["norm=batch"], "valid norm options: builtin, custom, group, layer, none"),
+    (["norm=batch"], "valid norm options: batch_renorm, builtin, custom, frozen, group, layer, none"),
     (["dataset=idx", "dataset.path=/nonexistent"], "/nonexistent"),
 ])
 def test_bad_input_is_one_line_before_any_work(cli, args, message):
