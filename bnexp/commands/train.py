@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,14 +15,15 @@ from bnexp.engine.callbacks import Callback
 
 def groups_epilog() -> str:
     """The config groups and their options, read from the installed tree (no Hydra import)."""
-    root = importlib.resources.files("bnexp.conf")
+    from bnexp.config.groups import config_dir, group_options
+
+    root = config_dir()
     lines = ["[bold]Config groups[/bold] (pick one with group=option):", ""]
     for group in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        options = sorted(p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        lines.append(f"  [cyan]{group}[/cyan]: {', '.join(options)}")
+        lines.append(f"  [cyan]{group}[/cyan]: {', '.join(group_options(group))}")
     presets = experiment_presets(root)
     if presets:
-        lines += ["", "[bold]Experiment presets[/bold] (experiment=NAME, with any norm=none|custom|builtin):", ""]
+        lines += ["", "[bold]Experiment presets[/bold] (experiment=NAME, with any norm=...):", ""]
         lines += [f"  [cyan]{name}[/cyan]: {summary}" for name, summary in presets]
     lines += ["", "Trainer keys: epochs, max_steps, batch_size, eval_batch_size, seed, threads, nproc, "
               "recalibrate_batches, log_every_steps, hist_every_steps, log_channels, checkpoint, output_dir, name, "
