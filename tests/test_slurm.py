@@ -154,3 +154,16 @@ def test_killed_sweep_leaves_no_job_on_the_cluster(slurm, sweep_env):
     _wait_for(lambda: not slurm.active_jobs(), 60, f"jobs still on the cluster: {slurm.active_jobs()}")
     _, _, runs = jobs_of(sweep_env)
     assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"]  # the third never started
+
+
+def test_a_job_of_several_processes_asks_slurm_for_their_cores_and_uses_its_allocation(slurm, sweep_env):
+    run = [a for a in TINY if not a.startswith("threads=")]
+    done = bnexp(sweep_env, "sweep", "--launcher", "submitit_slurm", "nproc=2", "norm=custom", *run)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sweep_dir, _, runs = jobs_of(sweep_env)
+    (record,) = runs.values()
+    assert record["status"] == "completed" and record["nproc"] == 2
+    (config,) = sweep_dir.glob("*/config.yaml")
+    assert "threads: 1\n" in config.read_text()  # the 2 cores Slurm gave the job, shared by its 2 processes
+    cpus = slurm.run("squeue", "-h", "-r", "-t", "all", "-o", "%i %C").stdout.split("\n")
+    assert any(line.split()[1] == "2" for line in cpus if line.strip()), cpus

@@ -163,14 +163,17 @@ def test_resume_reruns_only_the_jobs_that_did_not_complete(cli, tmp_path):
     rng = np.random.default_rng(0)
     write_idx(good / "images-idx3-ubyte", rng.integers(0, 256, (80, 28, 28)), compress=False)
     write_idx(good / "labels-idx1-ubyte", rng.integers(0, 10, 80), compress=False)
+    missing.mkdir()  # its files are there but broken: 80 images, 40 labels (found while the job loads them)
+    write_idx(missing / "images-idx3-ubyte", rng.integers(0, 256, (80, 28, 28)), compress=False)
+    write_idx(missing / "labels-idx1-ubyte", rng.integers(0, 10, 40), compress=False)
     first = cli("sweep", "dataset=idx", f"dataset.path={good},{missing}", *TINY, check=False)
-    assert first.returncode == 1  # the second job's data is not there yet
+    assert first.returncode == 1  # the second job's data is broken
     sweep_dir, sweep = only_sweep(cli.out)
     done = {j["dir"]: j["status"] for j in sweep["jobs"]}
     assert sorted(done.values()) == ["completed", "failed"]
     completed_dir = Path(next(d for d, s in done.items() if s == "completed"))
     before = (completed_dir / "run.json").read_text()
-    shutil.copytree(good, missing)  # fix the cause, then continue the sweep
+    shutil.copytree(good, missing, dirs_exist_ok=True)  # fix the cause, then continue the sweep
     again = cli("sweep", "--resume", sweep_dir.name[:20])
     assert "2 jobs" in again.stdout
     _, sweep = only_sweep(cli.out)

@@ -104,3 +104,16 @@ def test_a_study_that_already_has_the_trials_says_so(cli):
     assert "nothing to do" in out and "already has 3 trials" in out
     assert f"bnexp sweep --study {sweep_dir.name} --trials 5" in out
     assert snapshot(cli.out) == before
+
+
+def test_a_missing_data_source_stops_the_sweep_once_before_anything_runs(cli, tmp_path):
+    from conftest import one_line_error
+
+    result = cli("sweep", "dataset=idx", f"dataset.path={tmp_path / 'nowhere'}", "seed=0,1,2", *TINY, check=False)
+    assert result.returncode == 2
+    one_line_error(result, "nowhere", "not a directory")
+    assert not (cli.out / "sweeps").exists() or not any((cli.out / "sweeps").iterdir())
+    result = cli("sweep", "dataset=mnist", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false",
+                 "norm=none,custom", *TINY, check=False)
+    one_line_error(result, "MNIST not found")
+    assert not (cli.out / "sweeps").exists() or not any((cli.out / "sweeps").iterdir())

@@ -225,9 +225,16 @@ def validate(cfg: DictConfig) -> None:
              f"({', '.join(k for k, s in NORMS.items() if s.min_batch <= cfg.batch_size)})")
     _require(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
     _require(cfg.nproc >= 1, f"nproc={cfg.nproc}: must be >= 1 (processes of data-parallel training)")
-    _require(cfg.batch_size % cfg.nproc == 0,
-             f"batch_size={cfg.batch_size} with nproc={cfg.nproc}: the global batch must split evenly "
-             f"over the processes; use a multiple of {cfg.nproc}")
+    world = cfg.nproc * cfg.nnodes
+    _require(cfg.nnodes >= 1, f"nnodes={cfg.nnodes}: must be >= 1 (machines training one run)")
+    _require(cfg.batch_size % world == 0,
+             f"batch_size={cfg.batch_size} with nproc={cfg.nproc}" + (f" nnodes={cfg.nnodes}" if cfg.nnodes > 1 else "")
+             + f": the global batch must split evenly over the processes; use a multiple of {world}")
+    _require(cfg.nnodes == 1 or bool(cfg.rdzv_endpoint),
+             f"nnodes={cfg.nnodes}: give rdzv_endpoint=HOST:PORT, the address of node 0 that every node can reach")
+    _require(cfg.node_rank is None or 0 <= cfg.node_rank < cfg.nnodes,
+             f"node_rank={cfg.node_rank}: must be in 0..{cfg.nnodes - 1} (nnodes={cfg.nnodes})")
+    _require(cfg.rdzv_timeout > 0, f"rdzv_timeout={cfg.rdzv_timeout}: must be > 0 (seconds)")
     _require(cfg.recalibrate_batches >= 0,
              f"recalibrate_batches={cfg.recalibrate_batches}: must be >= 0 (0 turns recalibration off)")
     _require(cfg.log_every_steps >= 1, f"log_every_steps={cfg.log_every_steps}: must be >= 1")

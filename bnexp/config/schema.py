@@ -113,7 +113,11 @@ class RunConfig:
     eval_batch_size: int = 256
     seed: int = 0
     threads: Optional[int] = None
-    nproc: int = 1
+    nproc: int = 1  # processes per node
+    nnodes: int = 1  # nodes of one run (each runs `bnexp train` with the same settings)
+    node_rank: Optional[int] = None  # this node's place; default: Slurm's SLURM_NODEID (or SLURM_PROCID)
+    rdzv_endpoint: Optional[str] = None  # HOST:PORT of node 0, where the nodes meet (nnodes > 1)
+    rdzv_timeout: int = 300  # seconds to wait for every node (and for a peer at each collective)
     recalibrate_batches: int = 20
     log_every_steps: int = 10
     hist_every_steps: int = 100

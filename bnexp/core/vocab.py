@@ -33,7 +33,8 @@ RESUMABLE = ("interrupted", "failed", "dead")
 # Top-level config keys that say where or how a run ran or what it measured, not what it trained: left out of
 # "key overrides", of the keys that differ between runs, of HParams and of report labels.
 PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
-                 "hist_every_steps", "log_channels", "device", "recalibrate_batches", "logger")
+                 "hist_every_steps", "log_channels", "device", "recalibrate_batches", "logger",
+                 "node_rank", "rdzv_endpoint", "rdzv_timeout")
 
 
 def is_plumbing(key: str) -> bool:

@@ -356,3 +356,16 @@ LOADERS: dict[str, Callable[[DatasetConfig], _Split]] = {
     "torchvision": _load_torchvision,
     "idx": _load_idx,
 }
+
+
+def check_source(settings: DatasetConfig) -> None:
+    """Find the dataset's files (a torchvision dataset: download them if allowed), without loading
+    them: what a sweep does once per dataset before launching its jobs. Raises the BnexpError the
+    job would have met."""
+    kind = DATASETS[settings.name].split(":")[0]
+    if kind == "idx":
+        for path in _idx_files(settings):
+            if not path.is_file():
+                raise BnexpError(f"{path}: no such file (the idx dataset's images and labels)")
+    elif kind == "torchvision":
+        _load_torchvision(settings)

@@ -116,9 +116,9 @@ def joined(cfg, device: torch.device) -> Iterator[Ranks]:
     one GPU per local rank; gloo otherwise), the CPU threads (``threads``, or the cores shared out
     between the local ranks) and turns SIGINT/SIGTERM into a stop request (see :meth:`Ranks.sum`)."""
     size = int(os.environ["WORLD_SIZE"]) if in_worker() else 1
-    if size != cfg.nproc:
-        raise BnexpError(f"nproc={cfg.nproc}, but the launcher started {size} processes (WORLD_SIZE={size}); "
-                         f"use nproc={size}")
+    if size != cfg.nproc * cfg.nnodes:
+        raise BnexpError(f"nproc={cfg.nproc} nnodes={cfg.nnodes}, but the launcher started {size} processes "
+                         f"(WORLD_SIZE={size}); use nproc x nnodes = {size}")
     if size == 1:
         yield Ranks(device=device)
         return
@@ -129,11 +129,14 @@ def joined(cfg, device: torch.device) -> Iterator[Ranks]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if cfg.threads is None:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+        torch.set_num_threads(max(1, available_cpus() // local_size))
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     _stop.update(requested=False, parent=os.getppid())
     try:
-        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+        from datetime import timedelta
+
+        across_nodes = {"timeout": timedelta(seconds=cfg.rdzv_timeout)} if cfg.nnodes > 1 else {}
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None, **across_nodes)
         try:
             own_group, _ = dist.new_subgroups(group_size=1)
             yield Ranks(device=device, rank=dist.get_rank(), size=size, backend=backend, own_group=own_group)
@@ -143,6 +146,22 @@ def joined(cfg, device: torch.device) -> Iterator[Ranks]:
         _stop.update(requested=False, parent=None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def in_slurm_job() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its Slurm allocation inside a Slurm job (cores per task, or
+    on the node), else the CPU affinity mask (what ``taskset`` or a cgroup left), else every core."""
+    for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(key, "") if in_slurm_job() else ""
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def check_device(device: torch.device, nproc: int) -> None:

@@ -38,22 +38,6 @@ FINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NO
                 "PREEMPTED", "TIMEOUT", "FINISHED", "INTERRUPTED", "DONE")
 
 
-def in_slurm_job() -> bool:
-    return "SLURM_JOB_ID" in os.environ
-
-
-def available_cpus() -> int:
-    """The cores this process may use: its Slurm allocation inside a Slurm job (cores per task, or
-    on the node), else the CPU affinity mask (what ``taskset`` or a cgroup left), else every core."""
-    for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
-        value = os.environ.get(key, "") if in_slurm_job() else ""
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 # ---------------------------------------------------------------------------------------------
 # Quiet job states
 

@@ -26,7 +26,7 @@ class Preview:
 
 def preview(ref: str, *, study: bool, trials: Optional[int], worker: bool = False) -> Preview:
     from bnexp.config.compose import load
-    from bnexp.launch.plan import Plan
+    from bnexp.launch.plan import Plan, check_recorded_plan
     from bnexp.launch.sweep import pending_jobs
     from bnexp.store.catalog import resolve
     from bnexp.store.registry import read_sweep
@@ -39,6 +39,7 @@ def preview(ref: str, *, study: bool, trials: Optional[int], worker: bool = Fals
     sweep_dir = sweep_dir.resolve()
     sweep = read_sweep(sweep_dir)
     p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+    check_recorded_plan(p, sweep_dir / "sweep.json")
     if study and p.kind != "optuna":
         raise BnexpError(f"--study {ref}: {sweep_dir.name} is not an Optuna search (those are made with --trials); "
                          "continue a grid with --resume")

@@ -34,6 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from bnexp.config.compose import one_line
 from bnexp.core.errors import BnexpError
 from bnexp.engine.ranks import check_device
 from bnexp.store.files import RUN_FILE, remove_dir
@@ -68,6 +69,9 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
     from bnexp.store.run import new_run_dir
 
     check_device(resolve_device(cfg.device.type), cfg.nproc)
+    node = node_rank(cfg)
+    if node > 0:  # rank 0 of node 0 owns the run: this node only lends its processes
+        return _launch_follower(cfg, overrides, node, progress)
     if resume is not None and is_locked(resume):
         raise RunBusy(busy_message(resume))  # refused before any process starts
     try:
@@ -87,12 +91,18 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
             spec_path.write_bytes(pickle.dumps(spec))
             with _agent_context():
                 try:
-                    elastic_launch(_launch_config(cfg.nproc, scratch), sys.executable)(
+                    elastic_launch(_launch_config(cfg, scratch, node), sys.executable)(
                         "-u", "-m", "bnexp.launch.worker", str(spec_path))
                 except ChildFailedError as exc:
                     failures = exc.failures
                 except (SignalException, KeyboardInterrupt):
                     stopped = True
+                except Exception as exc:
+                    if cfg.nnodes == 1:
+                        raise
+                    raise BnexpError(f"node 0: the {cfg.nnodes} nodes did not meet at rdzv_endpoint="
+                                     f"{cfg.rdzv_endpoint} within rdzv_timeout={cfg.rdzv_timeout} s ({one_line(exc)});"
+                                     " it must be an address of this machine that the other nodes reach") from None
     except BaseException:
         if made and not (target / RUN_FILE).exists():
             remove_dir(target)
@@ -100,16 +110,66 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
     return settle(target, made=made, stopped=stopped, failures=failures, before=before)
 
 
-def _launch_config(nproc: int, log_dir: str):
+def node_rank(cfg) -> int:
+    """This node's rank among ``nnodes``: ``node_rank``, else Slurm's (one ``bnexp train`` task per
+    node: ``SLURM_NODEID``, or ``SLURM_PROCID``)."""
+    if cfg.nnodes == 1:
+        return 0
+    if cfg.node_rank is not None:
+        return int(cfg.node_rank)
+    for key in ("SLURM_NODEID", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    raise BnexpError(f"nnodes={cfg.nnodes}: give node_rank=0..{cfg.nnodes - 1} on each node (or start the "
+                     "nodes as one Slurm task each, which says it)")
+
+
+def _launch_config(cfg, log_dir: str, node: int):
+    """One node's agent: on one node a static rendezvous on a free local port; on several, the
+    nodes meet at ``rdzv_endpoint`` (node 0 hosts it), each with its given rank, so that node 0
+    holds global rank 0 and the run; ``rdzv_timeout`` bounds every wait for a node."""
     from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig
 
-    with socket.socket() as probe:  # a free port for the rendezvous store (torchrun --master-port)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"bnexp-{uuid.uuid4().hex[:8]}",
-                        rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={"rank": 0},
-                        max_restarts=0, logs_specs=DefaultLogsSpecs(log_dir=log_dir), shutdown_timeout=SHUTDOWN_S)
+    if cfg.nnodes == 1:
+        with socket.socket() as probe:  # a free port for the rendezvous store (torchrun --master-port)
+            probe.bind(("127.0.0.1", 0))
+            endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    else:
+        endpoint = cfg.rdzv_endpoint
+    run_id = f"bnexp-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else f"bnexp-{endpoint}"  # the same on every node
+    return LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc, run_id=run_id, rdzv_backend="static", rdzv_endpoint=endpoint,
+                        rdzv_configs={"rank": node, "timeout": cfg.rdzv_timeout}, max_restarts=0,
+                        logs_specs=DefaultLogsSpecs(log_dir=log_dir), shutdown_timeout=SHUTDOWN_S)
+
+
+def _launch_follower(cfg, overrides: list[str], node: int, progress: bool) -> None:
+    """Node ``node`` > 0 of a run: start its processes, wait, report how they ended (the run and
+    its record are node 0's). A node that cannot reach node 0 within ``rdzv_timeout`` says so."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    from bnexp.core.errors import Interrupted
+
+    spec = {"cfg": cfg, "overrides": list(overrides), "run_dir": None, "resume": None, "progress": False,
+            "callbacks": pickle.dumps([]), "argv": list(sys.argv)}
+    with tempfile.TemporaryDirectory(prefix="bnexp-ranks-") as scratch:
+        spec_path = Path(scratch) / "spec.pickle"
+        spec_path.write_bytes(pickle.dumps(spec))
+        with _agent_context():
+            try:
+                elastic_launch(_launch_config(cfg, scratch, node), sys.executable)(
+                    "-u", "-m", "bnexp.launch.worker", str(spec_path))
+            except ChildFailedError as exc:
+                raise BnexpError(f"node {node}: {describe_failures(exc.failures)}") from None
+            except (SignalException, KeyboardInterrupt):
+                raise Interrupted(f"node {node} of {cfg.nnodes} stopped") from None
+            except Exception as exc:  # the rendezvous: node 0 unreachable, wrong endpoint, timeout
+                raise BnexpError(f"node {node}: could not join the run at rdzv_endpoint={cfg.rdzv_endpoint} "
+                                 f"within rdzv_timeout={cfg.rdzv_timeout} s ({one_line(exc)}); check that node 0 "
+                                 "is started and that every node reaches that address") from None
+    print(f"node {node} of {cfg.nnodes} done; the run is recorded by node 0", flush=True)
 
 
 @contextlib.contextmanager

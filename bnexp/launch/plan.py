@@ -144,7 +144,7 @@ def threads_per_job(launcher_cfg) -> Optional[int]:
     if "LocalLauncher" in target:  # local jobs all start at once
         return launcher_cfg.get("cpus_per_task") or 1
     if "submitit" in target:  # called inside the Slurm job: its allocation
-        from bnexp.launch.cluster import available_cpus
+        from bnexp.engine.ranks import available_cpus
 
         return available_cpus()
     return None
@@ -196,15 +196,40 @@ def _cast(value, distribution):
 
 def _validate(alternatives: list[list[str]]):
     """Compose and validate the first job, then every other value of each swept key on top of it:
-    each value is checked once (a compose per value, not per combination) before anything runs."""
-    from bnexp.config.compose import load
+    each value is checked once (a compose per value, not per combination) before anything runs.
+    The data source of each of those configs is found once too (files present, or downloaded),
+    so a missing dataset stops the sweep here instead of failing every job."""
+    from bnexp.config.compose import dataset_settings, load
 
     first = [alts[0] for alts in alternatives]
     cfg = load(first)
+    sources = {_source_key(cfg): cfg}
     for i, alts in enumerate(alternatives):
         for alt in alts[1:]:
-            load(first[:i] + [alt] + first[i + 1:])
+            other = load(first[:i] + [alt] + first[i + 1:])
+            sources.setdefault(_source_key(other), other)
+    if any(c.dataset.name != "digits" for c in sources.values()):  # digits ships with scikit-learn
+        from bnexp.data.datasets import check_source
+
+        for source in sources.values():
+            check_source(dataset_settings(source))
     return cfg
+
+
+def _source_key(cfg) -> str:
+    d = cfg.dataset
+    return repr([d.name, d.get("path"), d.get("images"), d.get("labels"), d.get("root"), d.get("download")])
+
+
+def _slurm_cpus(launcher: str, hydra_overrides: list[str], alternatives: list[list[str]], nproc: int) -> list[str]:
+    """On Slurm, a job of ``nproc`` processes asks for that many cores (``--cpus-per-task``; one
+    task per job), unless ``hydra.launcher.cpus_per_task`` says otherwise; inside the job each
+    process takes its share of the allocation."""
+    if launcher != "submitit_slurm" or any(override_key(o) == "hydra.launcher.cpus_per_task" for o in hydra_overrides):
+        return []
+    most = max([nproc, *(int(a.split("=", 1)[1]) for alts in alternatives for a in alts
+                         if override_key(a) == "nproc" and a.split("=", 1)[1].isdigit())])
+    return [f"hydra.launcher.cpus_per_task={most}"] if most > 1 else []
 
 
 def describe(distribution_json: str) -> str:
@@ -263,6 +288,7 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
     base_types = _base_types(load([o.input_line for o in parsed if not o.is_sweep_override()])) if kind == "optuna" else {}
     alternatives, space = _alternatives(parsed, kind, base_types)
     cfg = _validate(alternatives)
+    hydra_overrides += _slurm_cpus(name, hydra_overrides, alternatives, cfg.nproc)
     result = Plan(kind=kind, overrides=task, hydra_overrides=hydra_overrides, launcher=name, jobs_at_once=1,
                   metric=metric, swept=swept, fixed=[a[0] for a in alternatives if len(a) == 1 and
                                                      override_key(a[0]) not in swept],

@@ -424,6 +424,7 @@ def join(ref: str, trials: Optional[int], sampler_seed: Optional[int] = None, st
     sweep_dir = sweep_dir.resolve()
     sweep = read_sweep(sweep_dir)
     p = Plan(**{k: v for k, v in sweep.items() if k in Plan.__dataclass_fields__})
+    check_recorded_plan(p, sweep_dir / SWEEP_FILE)
     if p.kind != "optuna":
         raise BnexpError(f"--study {ref}: {sweep_dir.name} is not an Optuna search (those are made with --trials)")
     if trials is not None:

@@ -48,7 +48,7 @@ def train(cfg: DictConfig, overrides: list[str], *, run_dir: Optional[Path] = No
     With ``nproc`` > 1 this process launches that many workers and waits for them
     (:mod:`bnexp.launch.multiproc`); in a worker it trains as one rank, and ranks other than 0 return None.
     """
-    if cfg.nproc > 1 and not in_worker():
+    if (cfg.nproc > 1 or cfg.nnodes > 1) and not in_worker():
         return launch(cfg, overrides, run_dir=run_dir, resume=resume, progress=progress, callbacks=callbacks)
     with joined(cfg, resolve_device(cfg.device.type)) as ranks:
         return train_rank(cfg, overrides, ranks, run_dir=run_dir, resume=resume, progress=progress,
