@@ -103,9 +103,12 @@ def hanging_indents(text: str, width: int) -> str:
         out.append(styled[:start].markup + pieces[0])
         out += [" " * indent + piece for piece in pieces[1:]]
     if len(out) > 1 and all(line[:1] == " " for line in out[1:]):
-        # typer dedents an epilog's lines after the first (inspect.cleandoc) when all are indented;
-        # an invisible zero-width space keeps the examples lined up under the first one
-        out[1] = "\u200b" + out[1]
+        # typer dedents an epilog's lines after the first (inspect.cleandoc) by their common indent:
+        # put the first example on a line of its own, under its label, so that every example is
+        # dedented alike and they stay lined up (no invisible characters a copied command would carry)
+        head, sep, first = out[0].partition(": ")
+        if sep:
+            out[:1] = [head + ":", " " * len(head + sep) + first]
     return "\n".join(out)
 
 

@@ -41,9 +41,10 @@ def check_bn(
     if device == "cuda" and not torch.cuda.is_available():
         raise BnexpError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     results = run_all(dtype=dtype, device=device, steps=steps, seed=seed)
-    columns = [Column("layer"), Column("input"), Column("config", wrap=True), Column("mode"),
-               *[Column(name, "right") for name in ("output", "grads", "run. stats")], Column("")]
-    rows = [[r.layer, "x".join(map(str, r.shape)), r.config, r.mode, _fmt(r.out_diff), _fmt(r.grad_diff),
+    # input shape and config share a column that wraps between them, never inside "ghost_batch_size=3"
+    columns = [Column("layer"), Column("input, config", wrap=True), Column("mode"),
+               *[Column(name, "right") for name in ("output", "grads", "stats")], Column("")]
+    rows = [[r.layer, f"{'x'.join(map(str, r.shape))} {r.config}", r.mode, _fmt(r.out_diff), _fmt(r.grad_diff),
              _fmt(r.stat_diff), ("pass", "green") if r.passed else ("FAIL", "bold red")] for r in results]
     console = Console()
     console.print(FittedTable(columns, rows, title=f"bnexp.nn.batchnorm vs torch.nn, max relative difference ({dtype}, "

@@ -82,7 +82,7 @@ def _stop_writer(path: Path, force: bool) -> None:
 
 
 def _plural(count: int) -> str:
-    return f"{count} director{'ies' if count != 1 else 'y'}"
+    return f"{count} directories" if count != 1 else "1 directory"
 
 
 def _empty_trash(root: Path, yes: bool) -> None:
@@ -138,8 +138,8 @@ def rm(
     for kind, path, note in targets:
         jobs = f" ({sum(1 for _ in iter_run_dirs(path))} runs)" if kind == "sweep" and not path.is_symlink() else ""
         out.print(Text(f"  {kind} {path}{jobs}") + (Text(f"  ({note})", style="yellow") if note else Text()))
-    question = (f"Delete these {_plural(len(targets))} for good?" if purge
-                else f"Move these {_plural(len(targets))} to the trash ({trash_dir(root)})?")
+    what = f"{'these' if len(targets) != 1 else 'this'} {_plural(len(targets))}"
+    question = (f"Delete {what} for good?" if purge else f"Move {what} to the trash ({trash_dir(root)})?")
     if not yes and not typer.confirm(question):
         out.print("nothing deleted")
         raise typer.Exit(1)

@@ -150,8 +150,9 @@ def sweep(
                       f"{' '.join(f'{k}={v}' for k, v in best['params'].items())} (run {best['run']})",
                       highlight=False)
     bad = [r for r in rows if r.status != "completed"]
-    console.print(f"compare: bnexp compare {sweep_dir.name}    dashboard: bnexp tensorboard {sweep_dir.name}",
-                  highlight=False)
+    for label, command in (("compare", "bnexp compare"), ("dashboard", "bnexp tensorboard")):
+        # one line each, never folded: the commands are meant to be copied whole
+        console.print(f"{label}: {command} {sweep_dir.name}", highlight=False, soft_wrap=True)
     if bad:
         console.print(f"sweep {summary.get('status')}: [red]{len(bad)} of {len(rows)} jobs did not complete[/red] "
                       f"({', '.join(sorted({r.status for r in bad}))})")

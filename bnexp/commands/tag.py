@@ -64,6 +64,8 @@ def note(
         out.print(f"{run_dir.name}: note removed")
     elif text is None:
         out.print(escape(read_labels(run_dir).note or "(no note)", keep="\n\t"), markup=False)
+    elif not text.strip():
+        raise BnexpError(f"note {ref} {text!r}: the note is empty; give some text, or --clear to remove the note")
     else:
         update_labels(run_dir, note=text)
         out.print(f"{run_dir.name}: note saved")
