@@ -8,6 +8,7 @@ not dominate. Prints one table and the ratios parallel / sequential (target on 2
 
     python scripts/bench_sweep.py                 # 2 rounds, jobs of ~15 s
     python scripts/bench_sweep.py --repeat 3 --epochs 300
+    python scripts/bench_sweep.py --overhead 12    # per-job overhead of 12 one-epoch jobs; -j 2 / -j 1
 """
 
 from __future__ import annotations
@@ -41,11 +42,77 @@ def run_sweep(output_dir: Path, extra: list[str], epochs: int) -> tuple[float, d
     return wall, json.loads((newest / "sweep.json").read_text())
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Per-job overhead: many tiny jobs, where the sweep's own work per job is what shows
+
+
+TINY_JOB = ["epochs=1", "dataset.limit_train=256", "dataset.limit_val=128", "batch_size=64", "hist_every_steps=0",
+            "log_every_steps=50", "threads=1", "device=cpu", "recalibrate_batches=0"]
+
+
+def plain_loop(output_dir: Path, jobs: int) -> float:
+    """Seconds per job of the same trainings called in a loop in one process (no sweep at all)."""
+    code = (
+        "import sys, time\n"
+        "from bnexp.config.compose import load\n"
+        "from bnexp.launch.trainer import train\n"
+        f"args = {TINY_JOB!r}\n"
+        "train(load(args + ['seed=999']), args, progress=False)  # warm: imports, data cache\n"
+        "started = time.perf_counter()\n"
+        f"for seed in range({jobs}):\n"
+        "    overrides = args + [f'seed={seed}']\n"
+        "    train(load(overrides), overrides, progress=False)\n"
+        f"print((time.perf_counter() - started) / {jobs})\n")
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(output_dir)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"plain loop failed:\n{done.stderr}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def tiny_sweep(output_dir: Path, jobs: int, extra: list[str]) -> float:
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(output_dir)}
+    seeds = f"seed=range({jobs})" if jobs > 1 else "seed=0"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bnexp", "sweep", seeds, *TINY_JOB, *extra], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bnexp sweep {' '.join(extra)} failed:\n{done.stdout}\n{done.stderr}")
+    return time.perf_counter() - started
+
+
+def overhead(repeat: int, jobs: int) -> None:
+    """Per-job cost of a sweep beyond the training itself: (wall of N jobs - wall of 1 job) / (N - 1),
+    minus the same training's time in a plain loop; and ``-j 2`` against ``-j 1`` on the same jobs."""
+    rows: dict[str, list[float]] = {"plain": [], "seq1": [], "seqN": [], "par1": [], "parN": []}
+    with tempfile.TemporaryDirectory(prefix="bnexp-bench-overhead-") as tmp:
+        for _ in range(repeat):
+            rows["plain"].append(plain_loop(Path(tmp), jobs))
+            rows["seq1"].append(tiny_sweep(Path(tmp), 1, ["--launcher", "basic"]))
+            rows["seqN"].append(tiny_sweep(Path(tmp), jobs, ["--launcher", "basic"]))
+            rows["par1"].append(tiny_sweep(Path(tmp), 1, ["-j", "2"]))
+            rows["parN"].append(tiny_sweep(Path(tmp), jobs, ["-j", "2"]))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    per_job_seq = (med["seqN"] - med["seq1"]) / (jobs - 1)
+    print(f"{jobs} one-epoch jobs ({' '.join(TINY_JOB)}), {os.cpu_count()} cores, median of {repeat}:")
+    print(f"  plain loop in one process:     {med['plain']:.3f} s per job")
+    print(f"  sweep, sequential (basic):     {med['seqN']:.1f} s wall; {per_job_seq:.3f} s per job "
+          f"(start-up excluded); overhead {per_job_seq - med['plain']:.3f} s per job (target <= 0.15)")
+    print(f"  sweep, -j 2 (joblib):          {med['parN']:.1f} s wall")
+    print(f"  -j 2 / -j 1 wall for {jobs} jobs:  {med['parN'] / med['seqN']:.2f}x (target <= 1.0 for tiny jobs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=150, help="epochs per job (default 150: ~15 s on one core)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of every mode, in turn; medians reported")
+    parser.add_argument("--overhead", type=int, metavar="JOBS", default=0,
+                        help="instead: the per-job overhead of JOBS one-epoch jobs, and -j 2 against -j 1")
     args = parser.parse_args()
+    if args.overhead:
+        overhead(args.repeat, args.overhead)
+        return
 
     modes = {"sequential (basic, torch's default threads)": ["--launcher", "basic"],
              "sequential (basic, threads=1)": ["--launcher", "basic", "threads=1"],

@@ -117,3 +117,8 @@ def test_a_missing_data_source_stops_the_sweep_once_before_anything_runs(cli, tm
                  "norm=none,custom", *TINY, check=False)
     one_line_error(result, "MNIST not found")
     assert not (cli.out / "sweeps").exists() or not any((cli.out / "sweeps").iterdir())
+
+
+def test_a_sequential_sweep_says_which_job_runs(cli):
+    out = cli("sweep", "norm=none,custom", *TINY).stdout
+    assert out.index("job 0 running: norm=none") < out.index("job 0 completed") < out.index("job 1 running: norm=custom")

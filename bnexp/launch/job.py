@@ -59,11 +59,16 @@ def run_job(cfg) -> dict:
     local_worker = any(name in str(hydra_cfg.launcher.get("_target_", "")) for name in LOCAL_WORKERS)
     watch = [OrphanWatch(run_dir.parent)] if local_worker else []
     on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    # a sequential sweep trains in this process: say which job runs, and show its progress bar
+    in_process = "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    if in_process:
+        chosen = " ".join(o for o in overrides if not is_plumbing(o))
+        print(f"job {hydra_cfg.job.num} running: {chosen}", flush=True)
     message, argv = None, sys.argv
     sys.argv = ["bnexp", "train", *overrides]  # the run's repro.command: this job alone
     try:
         with sigterm_as_interrupt() if on_slurm else contextlib.nullcontext():
-            _train_job(cfg, run_dir, overrides, hydra_cfg.launcher, watch)
+            _train_job(cfg, run_dir, overrides, hydra_cfg.launcher, watch, in_process and sys.stdout.isatty())
     except (Interrupted, KeyboardInterrupt):
         if on_slurm:  # cancelled or requeued: no result, so the sweep asks Slurm which (see bnexp.launch.cluster)
             sys.stdout.flush()
@@ -114,14 +119,14 @@ def lost_job(sweep_dir: Path, number: int, overrides: list[str], reason: str) ->
     return row
 
 
-def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: list) -> None:
+def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: list, progress: bool) -> None:
     from bnexp.config.compose import check_schema, validate
     from bnexp.launch.trainer import train
     from bnexp.store.run import load_saved
 
     if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
         saved, saved_overrides = load_saved(run_dir)
-        train(saved, saved_overrides, resume=run_dir, progress=False, callbacks=watch)
+        train(saved, saved_overrides, resume=run_dir, progress=progress, callbacks=watch)
         return
     _clear_job_dir(run_dir)
     cfg = check_schema(cfg)
@@ -129,7 +134,7 @@ def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: li
         share = threads_per_job(launcher_cfg)
         cfg.threads = max(1, share // cfg.nproc) if share else None
     validate(cfg)
-    train(cfg, overrides, run_dir=run_dir, progress=False, callbacks=watch)
+    train(cfg, overrides, run_dir=run_dir, progress=progress, callbacks=watch)
 
 
 def record_failure(run_dir: Path, cfg, overrides: list[str], message: str) -> None:
