@@ -17,6 +17,9 @@ config), seed and batch size on the same data (the 8,000-image train split of MN
                  every 100 steps (default), histograms (+ per-channel gamma/beta scalars, percentile
                  records) and the gradient telemetry (bnexp.tracking.diagnostics: gradient and weight norms,
                  effective LR, gamma/beta gradient norms, pre-activation gradient histograms)
+    bnexp-probes the trainer with every BN-science probe on (shift every 10 steps, ICS and smoothness
+                 every 50, signal propagation at the start; docs/bn-science.md): their cost. With the
+                 probes off (the default) no probe listener exists, so ``bnexp`` *is* the probes-off run
 
 What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
 last optimizer step (device synchronized), after a warm-up (the trainer's first epoch; 20 batches
@@ -78,7 +81,10 @@ from bnexp.engine.callbacks import Callback  # noqa: E402  (torch-free; after th
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-t10k"
 QUIET_LOG_EVERY = 10**9  # "never" for log_every_steps (it must be >= 1)
 WARMUP_BATCHES = 20  # warm-up of the course and bare loops (the trainer's warm-up is its whole first epoch)
-VARIANTS = ("course", "bare", "bnexp", "bnexp-quiet", "bnexp-full")
+VARIANTS = ("course", "bare", "bnexp", "bnexp-quiet", "bnexp-full", "bnexp-probes")
+# bnexp-probes: every BN-science probe on (docs/bn-science.md), at these intervals
+PROBES = ["diagnostics.shift_every=10", "diagnostics.ics_every=50", "diagnostics.smooth_every=50",
+          "diagnostics.signal_prop=true"]
 
 # Course-notes normalization constants (MNIST train-set mean/std), as in torchvision's examples.
 NOTES_MEAN, NOTES_STD = (0.1307,), (0.3081,)
@@ -379,15 +385,16 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
     from bnexp.config.compose import load
     from bnexp.data.datasets import load_dataset
 
-    def config(log_every: int, hist_every: int):
+    def config(log_every: int, hist_every: int, extra: tuple[str, ...] = ()):
         cfg = load(base_overrides + [f"batch_size={batch_size}", f"log_every_steps={log_every}",
-                                     f"hist_every_steps={hist_every}"])
+                                     f"hist_every_steps={hist_every}", *extra])
         cfg.dataset.path = str(data_dir)  # set after composing: no override-grammar quoting of the path
         return cfg
 
     cfg_scalars = config(args.log_every, 0)
     cfg_quiet = config(QUIET_LOG_EVERY, 0)
     cfg_full = config(args.log_every, args.hist_every)
+    cfg_probes = config(args.log_every, 0, tuple(PROBES))
     device = torch.device(args.device)
     data = load_dataset(cfg_scalars.dataset, device)  # the trainer's own split: the same images for all
 
@@ -403,6 +410,8 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
         "bnexp-full": (f"train(): scalars every {args.log_every}, histograms and gradient telemetry every "
                        f"{args.hist_every} steps",
                        lambda: run_bnexp(cfg_full, data, args.epochs)),
+        "bnexp-probes": (f"train(): scalars every {args.log_every}, BN-science probes on ({' '.join(PROBES)})",
+                         lambda: run_bnexp(cfg_probes, data, args.epochs)),
     }
     names = [n for n in runners if args.variants is None or n in args.variants]
     variants = {n: Variant(n, runners[n][0]) for n in names}
@@ -464,6 +473,7 @@ def report(args, results: list[dict], settings: dict, console) -> list[dict]:
 
         rows = [(label, *spec) for label, spec in TARGETS.items()]
         rows.append(("logging overhead (scalars only)", "bnexp", "bnexp-quiet", "overhead<=", None))
+        rows.append(("BN-science probes on (cost)", "bnexp-probes", "bnexp", "overhead<=", None))
         for label, num, den, kind, target in rows:
             if num not in vs or den not in vs:
                 continue

@@ -318,3 +318,31 @@ def test_batch_renorm_runs_log_how_often_r_and_d_clip(tmp_path):
     assert {r["site"] for r in clips} == {"norm1", "norm2", "norm3"}
     assert all(0 <= r["r_clip"] <= 1 and 0 <= r["d_clip"] <= 1 for r in clips)
     assert "renorm_r_clip" in records(run_dir, "epoch")[0]
+
+
+def test_report_and_show_draw_the_science_figures(tmp_path, cli):
+    runs = [run(tmp_path / "runs", f"model.depth={depth}", f"seed={seed}", "diagnostics.shift_every=2",
+                "diagnostics.ics_every=4", "diagnostics.signal_prop=true", "recalibrate_batches=2")
+            for depth in (2, 3) for seed in (0, 1)]
+    out = tmp_path / "report"
+    cli("report", *map(str, runs), "--out", str(out))
+    for name in ("science.png", "signal.png", "depth.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    text = (out / "report.md").read_text()
+    assert "## BN-science probes" in text and "## Signal propagation at initialization" in text
+    assert "± " in text.split("## BN-science probes")[1].split("##")[0]  # seed statistics over 2 seeds
+    shown = cli("show", str(runs[0]), "--curves").stdout
+    assert "signal propagation at initialization" in shown and "input channel variance" in shown
+
+
+def test_probes_off_by_default_register_nothing():
+    from bnexp.tracking.diagnostics import diagnostics
+    from bnexp.tracking.probes import ScienceProbes
+
+    for overrides in ([], ["norm=none"], ["norm=builtin", "model=lenet"]):
+        cfg = load(overrides)
+        model = build_model(cfg.model, cfg.norm, 1, (28, 28), 10)
+        assert not any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, None, model, []))
+    cfg = load(["norm=batch_renorm"])  # batch renorm logs its clipping: the listener exists
+    model = build_model(cfg.model, cfg.norm, 1, (28, 28), 10)
+    assert any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, None, model, []))

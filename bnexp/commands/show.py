@@ -119,6 +119,32 @@ def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
 
         out.print()
         print_curves([run_dir], wide=wide)
+        print_signal_propagation(run_dir)
+
+
+
+SIGNAL_LINES = (("in_mean_sq", "input channel mean²"), ("in_var", "input channel variance"),
+                ("out_var", "output channel variance"))
+
+
+def print_signal_propagation(run_dir: Path) -> None:
+    """The run's signal-propagation records (``diagnostics.signal_prop``) as a terminal plot against depth."""
+    from bnexp.store.files import read_metrics
+    from bnexp.store.safeio import UnreadableFile
+    from bnexp.views.terminal import Series, line_plot
+
+    try:
+        rows = [r for _, r in read_metrics(run_dir) if r.get("kind") == "signal"]
+    except UnreadableFile:
+        return  # the curves above already said why the log cannot be read
+    if not rows:
+        return
+    out = console()
+    series = [Series(label, [r["depth"] for r in rows], [r.get(key) for r in rows]) for key, label in SIGNAL_LINES]
+    out.print()
+    for line in line_plot(series, out.width, 12, title="signal propagation at initialization (per norm site)",
+                          x_label="depth", log=True):
+        out.print(line, highlight=False)
 
 
 def _show_sweep(sweep_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:

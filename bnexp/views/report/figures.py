@@ -19,7 +19,7 @@ DPI = 100
 WIDTH_IN = 15.0
 # Height of each figure without its legend, in inches; the legend adds LEGEND_ROW_IN per row.
 HEIGHTS_IN = {"curves": 4.5, "activations": 8.0, "norm_params": 4.5, "bn_gap": 4.5, "batch_size": 4.5,
-              "gradients": 4.5}
+              "gradients": 4.5, "science": 3.6, "signal": 4.5, "depth": 4.5}
 FIGURE_WIDTH_PX = round(WIDTH_IN * DPI)
 BASE_HEIGHT_PX = {name: round(h * DPI) for name, h in HEIGHTS_IN.items()}
 LEGEND_ROW_IN, LEGEND_PAD_IN = 0.24, 0.3
@@ -427,8 +427,9 @@ class BatchLine:
     cells: list[Cell]
 
 
-def batch_lines(cells: list[Cell], keys: list[str]) -> list[BatchLine]:
-    others = [k for k in keys if k != "batch_size"]
+def batch_lines(cells: list[Cell], keys: list[str], x_key: str = "batch_size") -> list[BatchLine]:
+    """Cells grouped into lines along ``x_key`` (batch size, depth), by everything else that varies."""
+    others = [k for k in keys if k != x_key]
     names = short_names(others)
     lines: dict[tuple, BatchLine] = {}
     for cell in cells:
@@ -436,7 +437,7 @@ def batch_lines(cells: list[Cell], keys: list[str]) -> list[BatchLine]:
         label = " ".join(f"{names[k]}={_value_text(cell.settings.get(k))}" for k in others) or f"norm={cell.norm}"
         lines.setdefault(key, BatchLine(label, [])).cells.append(cell)
     for line in lines.values():
-        line.cells.sort(key=lambda c: _value_order(c.settings.get("batch_size")))
+        line.cells.sort(key=lambda c: _value_order(c.settings.get(x_key)))
     return list(lines.values())
 
 

@@ -20,6 +20,9 @@ from bnexp.store.record import read_record
 from bnexp.store.registry import default_root
 from bnexp.store.safeio import UnreadableFile, read_json_object, read_text
 
+# metrics.jsonl kinds written by bnexp.tracking.probes and the running-statistics error (docs/bn-science.md)
+SCIENCE_KINDS = ("shift", "ics", "smooth", "running_stats", "signal", "renorm")
+
 
 @dataclass
 class RunData:
@@ -33,6 +36,7 @@ class RunData:
     epochs: list[dict] = field(default_factory=list)
     activations: list[dict] = field(default_factory=list)
     grads: list[dict] = field(default_factory=list)
+    science: list[dict] = field(default_factory=list)  # records of the BN-science probes (SCIENCE_KINDS)
     norm_params: dict = field(default_factory=dict)
     label: str = ""  # its cell's
 
@@ -82,7 +86,8 @@ def load_run(path: Path) -> RunData:
         pass
     run = RunData(path=path, summary=summary, config=config, overrides=[str(o) for o in overrides])
     if (path / METRICS_FILE).exists():
-        buckets = {"train": run.train, "epoch": run.epochs, "activation": run.activations, "grad": run.grads}
+        buckets = {"train": run.train, "epoch": run.epochs, "activation": run.activations, "grad": run.grads,
+                   **{kind: run.science for kind in SCIENCE_KINDS}}
         for _, record in read_metrics(path):  # a damaged log: UnreadableFile, the run is skipped with why
             buckets.get(record["kind"], []).append(record)
     else:

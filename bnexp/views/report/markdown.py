@@ -22,6 +22,8 @@ from bnexp.views.report.figures import (
     plot_norm_params,
 )
 from bnexp.views.report.load import RunData, _final, load_run
+from bnexp.views.report.science import CAPTIONS as SCIENCE_CAPTIONS
+from bnexp.views.report.science import has_science, plot_depth, plot_science, plot_signal, science_table
 from bnexp.views.report.tables import (
     AGREE_ACC,
     CONVERGED_FRACTION,
@@ -89,6 +91,12 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = Non
         written["gradients"] = plot_gradients(with_grads, out_dir / "gradients.png")
     if "batch_size" in keys:
         written["batch_size"] = plot_batch_size(cells, keys, out_dir / "batch_size.png")
+    if "model.depth" in keys:
+        written["depth"] = plot_depth(cells, keys, out_dir / "depth.png")
+    if has_science(cells, ("shift", "ics", "smooth", "running_stats")):
+        written["science"] = plot_science(cells, out_dir / "science.png")
+    if has_science(cells, ("signal",)):
+        written["signal"] = plot_signal(cells, out_dir / "signal.png")
     report = out_dir / "report.md"
     write_atomic(report, render_markdown(runs, cells, keys, out_dir, written, title, sources))
     if html:
@@ -136,6 +144,7 @@ CAPTIONS = {
                   "`grad_norm/<site>`, ...)."),
     "batch_size": ("Batch size", "Final validation accuracy, and the gap between validation with batch and with "
                    "running statistics, against the batch size (log scale): mean ± std over seeds per setting."),
+    **SCIENCE_CAPTIONS,
 }
 
 
@@ -186,6 +195,11 @@ def render_markdown(runs: list[RunData], cells: list[Cell], keys: list[str], out
                   "running statistics recomputed over `recalibrate_batches` training batches "
                   "(`val_acc_recalibrated`); *recalibrated − running* is taken run by run.", "",
                   _markdown_table(gap_table(with_gap))]
+    probes = science_table(cells)
+    if probes:
+        lines += ["", "## BN-science probes", "",
+                  "Each probe's mean over a run (over norm sites and measurements), then mean ± std (n) over the "
+                  "seeds of each cell; definitions in docs/bn-science.md.", "", _markdown_table(probes)]
     pairs = agreement(runs)
     if pairs:
         lines += ["", "## Custom vs builtin batch norm", "",
