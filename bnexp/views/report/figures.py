@@ -396,6 +396,8 @@ def plot_gradients(cells: list[Cell], path: Path) -> Path:
         for cell in cells:
             last = _sites(cell.runs[0].grads)[-1]
             sites.add(last)
+            if key == "effective_lr" and cell.norm == "none":
+                continue  # lr/‖W‖² is an effective step only for a scale-invariant (normalized) layer
             series = aggregate([{g["step"]: g[key] for g in r.grads if g.get("site") == last
                                  and isinstance(g.get(key), (int, float)) and g[key] > 0} for r in cell.runs])
             if series.x:
@@ -411,6 +413,8 @@ def plot_gradients(cells: list[Cell], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if steps:
             ax.set_yscale(scale)
+        elif key == "effective_lr" and all(c.norm == "none" for c in cells):
+            _empty(ax, "no BN in these runs: lr/‖W‖² is an\neffective step only behind a norm layer")
         else:
             _empty(ax, "not recorded")
     where = sorted(sites)[0] if len(sites) == 1 else "the last norm site"
