@@ -44,9 +44,10 @@ def _dry_run(p) -> None:
         for key, distribution in p.space.items():
             console.print(f"  {key}: {describe(distribution)}", highlight=False)
     if p.launcher == "submitit_slurm":
-        from bnexp.launch.sweep import slurm_script
+        from bnexp.launch.cluster import sbatch_script
+        from bnexp.launch.sweep import launcher_settings
 
-        script, notes = slurm_script(p)
+        script, notes = sbatch_script(p, launcher_settings(p))
         console.print("\nsbatch script submitit would submit (SWEEP_ID stands for the sweep's id):\n", highlight=False)
         console.print(script, highlight=False, markup=False, soft_wrap=True)
         for note in notes:

@@ -31,7 +31,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+
+if TYPE_CHECKING:
+    from bnexp.launch.plan import Plan
 
 # Slurm states after which a job produces nothing more (it may still be requeued by hand).
 FINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -139,10 +142,12 @@ def _reaper(slurm: bool) -> Iterator[Optional[Reaper]]:
         reaper.close()
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
-           ended: Callable[[int, list[str], Any, Optional[str]], Any], poll_s: float = 1.0) -> list:
-    """Submit the jobs as Hydra's submitit ``launcher`` would and wait for every one. As each job
-    ends, ``ended(number, overrides, job_return, reason)`` makes its row: ``job_return`` is Hydra's
+def launch(launcher, settings: tuple[str, dict[str, Any], Path], job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int, ended: Callable[[int, list[str], Any, Optional[str]], Any],
+           poll_s: float = 1.0) -> list:
+    """Submit the jobs as Hydra's submitit ``launcher`` would and wait for every one; ``settings``
+    are the launcher's (:func:`bnexp.launch.hydra_adapter.submitit_settings`). As each job ends,
+    ``ended(number, overrides, job_return, reason)`` makes its row: ``job_return`` is Hydra's
     JobReturn, or None with ``reason`` for a job that ended without one. Returns the rows in job
     order."""
     import submitit
@@ -151,14 +156,14 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    executor_kind = launcher._EXECUTOR
-    params = dict(launcher.params)
+    executor_kind, params, sweep_dir = settings
+    params = dict(params)
     executor = submitit.AutoExecutor(cluster=executor_kind, folder=params.pop("submitit_folder"),
                                      **({f"{executor_kind}_max_num_timeout": params.pop("max_num_timeout")}
                                         if "max_num_timeout" in params else {}))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"{executor_kind}_{k}": v for k, v in params.items()})
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     numbers = [initial_job_idx + i for i in range(len(job_overrides))]
     arguments = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
                  for n, o in zip(numbers, job_overrides)]
@@ -192,6 +197,56 @@ def _reason(job, exception: BaseException) -> str:
     if state and state != "UNKNOWN":
         return f"Slurm job {job.job_id} ended {state} without a result"
     return f"job {job.job_id} ended without a result ({type(exception).__name__})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sbatch script of a sweep, shown by --dry-run
+
+
+def sbatch_script(p: Plan, settings: dict[str, Any]) -> tuple[str, list[str]]:
+    """The sbatch script submitit would write for this sweep on Slurm (``--launcher submitit_slurm``),
+    rendered here without a cluster (submitit's own ``_make_sbatch_string``, fed the launcher settings
+    as hydra-submitit-launcher and submitit translate them: ``hydra.launcher.gpus_per_node=2`` ->
+    ``--gpus-per-node=2``, one array task per job); the sweep id is a placeholder. Also returns
+    notes on how the settings fit the jobs' ``nproc``: each job is one Slurm task, whose
+    ``bnexp train`` starts the job's ``nproc`` processes itself on its node. ``settings``: the
+    sweep's ``hydra.launcher`` node, resolved (:func:`bnexp.launch.sweep.launcher_settings`).
+
+    submitit has no public way to render the script without submitting it, so this uses its private
+    helpers (``_make_sbatch_string``, ``_convert_mem``, ``_typed_parameters``, ``_equivalence_dict``);
+    the dry-run test in ``tests/test_ddp.py`` renders a script through all of them."""
+    import shlex
+
+    from submitit.auto.auto import AutoExecutor
+    from submitit.slurm import slurm
+
+    from bnexp.core.keys import override_value
+
+    settings = dict(settings)
+    folder = settings.pop("submitit_folder")
+    generic, renamed = AutoExecutor._typed_parameters(), slurm.SlurmExecutor._equivalence_dict()
+    params = {(renamed.get(k, k) if k in generic else k): v for k, v in settings.items()
+              if v is not None and k not in ("_target_", "max_num_timeout")}
+    if "mem" in params:
+        params["mem"] = slurm._convert_mem(params["mem"])
+    jobs = len(p.grid) if p.kind == "grid" else p.jobs_at_once
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    script = slurm._make_sbatch_string(command=command, folder=folder, map_count=jobs if jobs > 1 else None, **params)
+    jobs_overrides = p.grid if p.kind == "grid" else [p.fixed]
+    nproc = max(int(override_value(job, "nproc") or 1) for job in jobs_overrides)
+    notes = []
+    if settings["tasks_per_node"] != 1 or settings["nodes"] != 1:
+        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: every "
+                     "Slurm task would train the same job; keep one task on one node per job (bnexp starts the "
+                     "job's nproc processes itself)")
+    gpus = settings.get("gpus_per_node")
+    if nproc > 1 and not gpus:
+        notes.append(f"nproc={nproc} without hydra.launcher.gpus_per_node: the processes train on CPU (gloo); for "
+                     f"CUDA (NCCL, one GPU per process) set hydra.launcher.gpus_per_node={nproc}")
+    elif gpus and gpus < nproc:
+        notes.append(f"nproc={nproc} with hydra.launcher.gpus_per_node={gpus}: NCCL needs one GPU per process; "
+                     f"set hydra.launcher.gpus_per_node={nproc} (or train those jobs with device=cpu)")
+    return script, notes
 
 
 if __name__ == "__main__":

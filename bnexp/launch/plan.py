@@ -46,14 +46,6 @@ class Plan:
     storage: Optional[str] = None  # optuna: a database URL; None: the journal in the sweep directory
 
 
-def _search_path():
-    from hydra._internal.utils import create_config_search_path
-
-    from bnexp.config.groups import config_dir
-
-    return create_config_search_path(f"file://{config_dir()}")
-
-
 def _parse(overrides: list[str], loader) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -154,7 +146,7 @@ def _alternatives(parsed: list, kind: str, base_types: dict[str, Any]) -> tuple[
     """Per override, the override strings it can take (one for a fixed value), and for a search the
     Optuna distribution of each swept key."""
     import optuna.distributions as od
-    from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
 
     alternatives, space = [], {}
     for o in parsed:
@@ -176,7 +168,7 @@ def _alternatives(parsed: list, kind: str, base_types: dict[str, Any]) -> tuple[
             else:
                 space[key] = od.FloatDistribution(float(value.start), float(value.end), log=log)
             ends = [value.start, value.end]
-            alternatives.append([f"{key}={Override._get_value_element_as_str(_cast(v, space[key]))}" for v in ends])
+            alternatives.append([f"{key}={_cast(v, space[key])}" for v in ends])
         elif isinstance(value, RangeSweep) and all(isinstance(v, int) for v in o.sweep_iterator()):
             values = list(o.sweep_iterator())
             space[key] = od.IntDistribution(min(values), max(values), step=abs(int(value.step)))
@@ -255,9 +247,9 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
          sampler_seed: int = 0, storage: Optional[str] = None) -> Plan:
     """Check a sweep request; every error is a one-line BnexpError and nothing is written."""
     import optuna.distributions as od
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     from bnexp.config.compose import load
+    from bnexp.launch.hydra_adapter import config_loader
 
     if metric not in METRICS:
         raise BnexpError(f"--metric {metric}: valid metrics are {', '.join(METRICS)}")
@@ -277,7 +269,7 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
         check_hydra_override(override)
     if any(override_key(a) == "resume" for a in task):
         raise BnexpError("resume= continues one run; use `bnexp train resume=RUN` (or --study to continue a search)")
-    loader = ConfigLoaderImpl(config_search_path=_search_path())
+    loader = config_loader()
     name, hydra_overrides = _launcher(hydra_args, launcher, jobs, loader)
     parsed = _parse(task, loader)
     kind = "optuna" if trials else "grid"
@@ -296,7 +288,18 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
                   trials=trials or 0, sampler=sampler, sampler_seed=sampler_seed, storage=storage,
                   output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
     if kind == "grid":
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        result.grid = BasicSweeper.split_arguments(parsed, None)[0]
+        result.grid = grid(parsed)
     return result
+
+
+def grid(parsed: list) -> list[list[str]]:
+    """Every combination of the parsed overrides' values, in Hydra's order (its basic sweeper's:
+    the last override varies fastest; a key given twice keeps its first place and its last value)."""
+    import itertools
+
+    choices: dict[str, list[str]] = {}
+    for o in parsed:
+        key = o.get_key_element()
+        choices[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                        else [f"{key}={o.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*choices.values())]

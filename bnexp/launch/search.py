@@ -1,4 +1,9 @@
-"""Where an Optuna search keeps its study, and workers that drive one search from many processes.
+"""An Optuna search: where it keeps its study, the loop asking it for batches of trials, and workers
+that drive one search from many processes.
+
+The loop. :func:`optimize` asks a batch of ``--jobs`` trials, hands them to the sweep's launcher as
+jobs (any Hydra launcher: parallel and Slurm trials run exactly as grid jobs do) and tells the
+results; :mod:`bnexp.launch.sweep` owns the session around it.
 
 Storage. A new search keeps its study in ``study.journal`` in the sweep directory: Optuna's journal
 storage (an append-only log) with its symlink lock, which works on the network file systems of
@@ -27,9 +32,12 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from bnexp.core.errors import BnexpError
+
+if TYPE_CHECKING:
+    from bnexp.launch.plan import Plan
 
 warnings.filterwarnings("ignore", message=r".*is experimental", module=r"bnexp\.launch\.search")
 
@@ -235,3 +243,86 @@ def tell(study, trial, row, metric: str) -> None:
         study.tell(trial.number, value)
     else:
         study.tell(trial.number, state=TrialState.FAIL)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search: a sweep's study, asked in batches or by one worker
+
+
+def open_study(p: Plan, sweep_dir: Path, worker: bool = False):
+    """The search's study (created on first use). The sampler's seed is advanced by the trials the
+    study already has: a continued search starts a new random stream instead of proposing its first
+    points again (and each worker its own)."""
+    import optuna
+
+    from bnexp.core.vocab import higher_is_better
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "maximize" if higher_is_better(p.metric) else "minimize"
+    study = optuna.create_study(storage=open_storage(sweep_dir, p.storage), study_name=sweep_dir.name,
+                                direction=direction, load_if_exists=True)
+    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + os.getpid() % 9973 * worker
+    study.sampler = (optuna.samplers.TPESampler(seed=seed) if p.sampler == "tpe"
+                     else optuna.samplers.RandomSampler(seed=seed))
+    return study
+
+
+def trial_overrides(p: Plan, params: dict[str, Any]) -> list[str]:
+    """A trial's overrides: categorical values are override strings already; numbers are written
+    as Hydra's grammar reads them back (``str`` of an int or float)."""
+    return p.fixed + [f"{k}={v}" for k, v in params.items()]
+
+
+def _space(p: Plan) -> dict:
+    import optuna.distributions as od
+
+    return {k: od.json_to_distribution(v) for k, v in p.space.items()}
+
+
+# launch(jobs, first job number) -> one row per job, in order
+Launch = Callable[[list[list[str]], int], list]
+
+
+def optimize(p: Plan, sweep_dir: Path, launch: Launch, progress: Callable[[list, dict], Any]) -> tuple[list, dict]:
+    """Ask a batch of trials, ``launch`` them as jobs (job number = trial number), tell the results,
+    and hand the rows so far and :func:`study_summary` to ``progress`` after each batch. Completed
+    and diverged jobs report their metric; a job without one is a failed trial. Trials whose process
+    is gone (an interrupted sweep's, a killed worker's) are failed and re-proposed."""
+    study, space = open_study(p, sweep_dir), _space(p)
+    reclaim_lost(study, orphans=True)
+    rows: list = []
+    while (remaining := p.trials - len(study.get_trials(deepcopy=False))) > 0:
+        batch = [study.ask(space) for _ in range(min(p.jobs_at_once, remaining))]
+        results = launch([trial_overrides(p, t.params) for t in batch], batch[0].number)
+        for trial, row in zip(batch, results):
+            tell(study, trial, row, p.metric)
+        rows += results
+        progress(rows, study_summary(study, storage_label(sweep_dir, p.storage)))
+    return rows, study_summary(study, storage_label(sweep_dir, p.storage))
+
+
+def work_on(p: Plan, sweep_dir: Path, launch: Launch) -> tuple[list, dict]:
+    """This process as one worker of the search (:func:`work`), each trial one ``launch``ed job."""
+    study, space, rows = open_study(p, sweep_dir, worker=True), _space(p), []
+
+    def train_trial(trial, number: int):
+        (row,) = launch([trial_overrides(p, trial.params)], number)
+        rows.append(row)
+        return row
+
+    work(study, space, p.trials, train_trial, p.metric)
+    return rows, study_summary(study, storage_label(sweep_dir, p.storage))
+
+
+def study_summary(study, storage: str) -> dict:
+    """What sweep.json records of a search: trials asked and completed, and the best one."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    summary = {"study": study.study_name, "storage": storage,
+               "trials": len(study.get_trials(deepcopy=False)), "completed": len(done)}
+    if done:
+        best = study.best_trial
+        summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
+                           "run": best.user_attrs.get("run")}
+    return summary

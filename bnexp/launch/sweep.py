@@ -12,15 +12,14 @@ Layout: ``<output_dir>/sweeps/<sweep id>/`` holds ``sweep.json`` (what was asked
 every job's outcome), Hydra's ``multirun.yaml`` and one sub-directory per job
 ``<sweep id>-<job number>-<model>-<norm>``, each an ordinary run directory.
 
-Planning lives in :mod:`bnexp.launch.plan`, the job function in :mod:`bnexp.launch.job`; this module is
-the session (start, run, finish, resume) behind one Hydra adapter (:class:`_Hydra`), the Optuna
-loop, and the Slurm script. Hydra is imported inside the functions.
+Planning lives in :mod:`bnexp.launch.plan`, the job function in :mod:`bnexp.launch.job`, the Optuna
+loop in :mod:`bnexp.launch.search`, Slurm (launching, the sbatch script) in :mod:`bnexp.launch.cluster`;
+this module is the session (start, run, finish, resume). What it needs of Hydra beyond its public
+API goes through :mod:`bnexp.launch.hydra_adapter`. Hydra is imported inside the functions.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +29,8 @@ from typing import Any, Optional
 from bnexp.config.compose import one_line, validate_name
 from bnexp.core.errors import BnexpError
 from bnexp.core.keys import override_key
-from bnexp.core.vocab import higher_is_better
 from bnexp.launch.job import lost_job, report_job, run_job
-from bnexp.launch.plan import HYDRA_DEFAULTS, Plan, _search_path, check_recorded_plan, joblib_workers
+from bnexp.launch.plan import HYDRA_DEFAULTS, Plan, check_recorded_plan, joblib_workers
 from bnexp.store.catalog import iter_run_dirs, resolve
 from bnexp.store.files import SWEEP_FILE, UnreadableFile, now_iso, write_json
 from bnexp.store.lock import DirLock, busy_message, is_locked, owner_info
@@ -41,14 +39,6 @@ from bnexp.store.registry import read_sweep
 from bnexp.store.run import Run, unique_dir
 from bnexp.store.sweeps import job_number, job_rows
 from bnexp.tracking.hparams import write_sweep_experiment
-
-# ---------------------------------------------------------------------------------------------
-# Planning: parse, expand and validate before anything is written
-
-
-# ---------------------------------------------------------------------------------------------
-# The job: Hydra's task function
-
 
 # ---------------------------------------------------------------------------------------------
 # Launching
@@ -62,40 +52,29 @@ def new_sweep_dir(output_dir: str, name: Optional[str]) -> Path:
 
 
 def _hydra_overrides(p: Plan, sweep_dir: Path) -> list[str]:
-    from hydra.core.override_parser.types import Override
+    from hydra.core.override_parser.types import Quote, QuotedString
 
     given = {override_key(o) for o in p.hydra_overrides}
     defaults = [f"{k}={v}" for k, v in HYDRA_DEFAULTS.items() if k not in given]
     return defaults + p.hydra_overrides + [
-        f"hydra.sweep.dir={Override._get_value_element_as_str(str(sweep_dir))}",
+        f"hydra.sweep.dir={QuotedString(text=str(sweep_dir), quote=Quote.single).with_quotes()}",
         f"hydra.sweep.subdir={sweep_dir.name}-${{hydra.job.num}}-${{model.name}}-${{norm.kind}}",
     ]
 
 
 class _Hydra:
-    """Hydra's app object for this sweep: composes the multirun config, builds sweeper/launcher."""
+    """This sweep's Hydra app (:class:`bnexp.launch.hydra_adapter.MultirunApp`): the multirun
+    config of its plan, and its launcher running :func:`bnexp.launch.job.run_job` per job."""
 
     def __init__(self, p: Plan, sweep_dir: Path, task_overrides: list[str]):
+        from bnexp.launch.hydra_adapter import MultirunApp
+
         self.dir = sweep_dir
-        from hydra import version
-        from hydra._internal.callbacks import Callbacks
-        from hydra._internal.hydra import Hydra
-        from hydra.core.global_hydra import GlobalHydra
-        from hydra.types import HydraContext, RunMode
-
-        from bnexp.config.schema import register_schemas
-
-        register_schemas()
-        version.setbase("1.3")
-        GlobalHydra.instance().clear()
-        self.hydra = Hydra.create_main_hydra2("bnexp", _search_path())
         try:
-            self.cfg = self.hydra.compose_config("config", _hydra_overrides(p, sweep_dir) + task_overrides,
-                                                 run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+            self.app = MultirunApp(_hydra_overrides(p, sweep_dir) + task_overrides)
         except Exception as exc:
             raise BnexpError(f"Hydra rejected the sweep settings: {one_line(exc)}") from None
-        self.callbacks = Callbacks(self.cfg)
-        self.context = HydraContext(config_loader=self.hydra.config_loader, callbacks=self.callbacks)
+        self.cfg = self.app.cfg
 
     def task_params(self) -> dict[str, Any]:
         """The flattened bnexp config (no ``hydra`` node) of the sweep's defaults: the hparam types."""
@@ -120,29 +99,24 @@ class _Hydra:
         so Hydra's sweeper (which composes every job once more to validate it) is not needed."""
         from omegaconf import OmegaConf
 
-        self.callbacks.on_multirun_start(config=self.cfg, config_name="config")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.cfg, self.dir / "multirun.yaml")
         returns = []
-        for chunk in _runs_of_consecutive(sorted(jobs)):  # a launch numbers its jobs consecutively
-            returns += self.launch([[*jobs[i], f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
-                                    for i in chunk], initial_job_idx=chunk[0])
-        self.callbacks.on_multirun_end(config=self.cfg, config_name="config")
+        with self.app.multirun():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.dir / "multirun.yaml")
+            for chunk in _runs_of_consecutive(sorted(jobs)):  # a launch numbers its jobs consecutively
+                returns += self.launch([[*jobs[i], f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
+                                        for i in chunk], initial_job_idx=chunk[0])
         return returns
 
-    def launcher(self):
-        from hydra.core.plugins import Plugins
-
-        launcher = Plugins.instance().instantiate_launcher(hydra_context=self.context, task_function=run_job,
-                                                           config=self.cfg)
-        if hasattr(launcher, "_EXECUTOR"):  # submitit: launched by bnexp.launch.cluster (see there why)
-            launcher.launch = lambda jobs, initial_job_idx: self.launch_submitit(launcher, jobs, initial_job_idx)
-        return launcher
-
     def launch(self, jobs: list[list[str]], initial_job_idx: int) -> list:
-        return self.launcher().launch(jobs, initial_job_idx=initial_job_idx)
+        """Run ``jobs`` with the configured launcher, numbered from ``initial_job_idx``; submitit's
+        are launched by :mod:`bnexp.launch.cluster` (see there why)."""
+        from bnexp.launch.hydra_adapter import submitit_settings
 
-    def launch_submitit(self, launcher, jobs: list[list[str]], initial_job_idx: int) -> list:
+        launcher = self.app.launcher(run_job)
+        submitit = submitit_settings(launcher)
+        if submitit is None:
+            return launcher.launch(jobs, initial_job_idx=initial_job_idx)
         from bnexp.launch import cluster
 
         def ended(number: int, overrides: list[str], returned, reason: Optional[str]) -> RunRecord:
@@ -150,7 +124,7 @@ class _Hydra:
             report_job(row, overrides)
             return row
 
-        return cluster.launch(launcher, jobs, initial_job_idx, ended)
+        return cluster.launch(launcher, submitit, jobs, initial_job_idx, ended)
 
 
 def _runs_of_consecutive(numbers: list[int]) -> list[list[int]]:
@@ -167,18 +141,20 @@ def _runs_of_consecutive(numbers: list[int]) -> list[list[int]]:
 def _returned_rows(returns) -> list[RunRecord]:
     from hydra.core.utils import JobStatus
 
+    from bnexp.launch.hydra_adapter import job_error
+
     rows = []
     for r in returns:
         if isinstance(r, RunRecord):  # made by bnexp.launch.cluster already
             rows.append(r)
         elif r.status == JobStatus.COMPLETED:
             rows.append(r.return_value)
-        else:  # the task function itself broke (it catches training errors); reading
-            # r.return_value would re-raise its exception, hence the private attribute
-            if isinstance(r._return_value, KeyboardInterrupt):
+        else:  # the task function itself broke (it catches training errors)
+            error = job_error(r)
+            if isinstance(error, KeyboardInterrupt):
                 raise KeyboardInterrupt
             rows.append(RunRecord(id="?", status="failed", overrides=list(r.overrides or []),
-                                  message=one_line(r._return_value)))
+                                  message=one_line(error)))
     return rows
 
 
@@ -220,7 +196,9 @@ def start(p: Plan, name: Optional[str], jobs: Optional[int], worker: bool = Fals
                                             **asdict(p), "jobs": []})
         write_sweep_experiment(sweep_dir, app.task_params(), p.swept)
         if p.kind == "optuna":  # created now, so that workers started next find it
-            _study(p, sweep_dir)
+            from bnexp.launch.search import open_study
+
+            open_study(p, sweep_dir)
     except BaseException:
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
@@ -247,7 +225,7 @@ def run(session: Session) -> list[RunRecord]:
         if p.kind == "grid":
             rows = _returned_rows(session.hydra.sweep(pending_jobs(session.dir, p)))
         else:
-            rows, extra["optuna"] = _optimize(session)
+            rows, extra["optuna"] = _search(session)
     except KeyboardInterrupt:
         if not session.worker:  # a worker's trial is re-proposed by the other workers
             reap(session.dir)
@@ -264,6 +242,20 @@ def run(session: Session) -> list[RunRecord]:
     jobs = finish(session, outcome(job_rows(session.dir, rows)), rows, **extra)
     session.release()
     return jobs
+
+
+def _search(session: Session) -> tuple[list[RunRecord], dict]:
+    """An Optuna search (:mod:`bnexp.launch.search`) whose trials this sweep's launcher trains;
+    a search launching batches records its progress in sweep.json after each batch."""
+    from bnexp.launch import search
+
+    def launch(jobs: list[list[str]], first: int) -> list[RunRecord]:
+        return _returned_rows(session.hydra.launch(jobs, initial_job_idx=first))
+
+    if session.worker:
+        return search.work_on(session.plan, session.dir, launch)
+    return search.optimize(session.plan, session.dir, launch,
+                           lambda rows, summary: finish(session, "running", rows, optuna=summary))
 
 
 def outcome(rows: list) -> str:
@@ -305,94 +297,6 @@ def reap(sweep_dir: Path, wait_s: float = 10.0) -> int:
         finally:
             run.close()
     return reaped
-
-
-# ---------------------------------------------------------------------------------------------
-# Optuna
-
-
-def _study(p: Plan, sweep_dir: Path, worker: bool = False):
-    """The search's study (see :mod:`bnexp.launch.search` for where it lives). The sampler's seed is
-    advanced by the trials the study already has: a continued search starts a new random stream
-    instead of proposing its first points again."""
-    import optuna
-
-    from bnexp.launch.search import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if higher_is_better(p.metric) else "minimize"
-    study = optuna.create_study(storage=open_storage(sweep_dir, p.storage), study_name=sweep_dir.name,
-                                direction=direction, load_if_exists=True)
-    seed = p.sampler_seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + os.getpid() % 9973 * worker
-    study.sampler = (optuna.samplers.TPESampler(seed=seed) if p.sampler == "tpe"
-                     else optuna.samplers.RandomSampler(seed=seed))
-    return study
-
-
-def _trial_overrides(p: Plan, space: dict[str, Any], params: dict[str, Any]) -> list[str]:
-    """A trial's overrides: categorical values are override strings already, numbers get Hydra's format."""
-    import optuna.distributions as od
-    from hydra.core.override_parser.types import Override
-
-    sampled = [f"{k}={v}" if isinstance(space[k], od.CategoricalDistribution)
-               else f"{k}={Override._get_value_element_as_str(v)}" for k, v in params.items()]
-    return p.fixed + sampled
-
-
-def _optimize(session: Session) -> tuple[list[RunRecord], dict]:
-    """Ask a batch of trials, launch them as Hydra jobs (job number = trial number), tell the results.
-    Completed and diverged jobs report their metric; a job without one is a failed trial. Trials
-    whose process is gone (an interrupted sweep's, a killed worker's) are failed and re-proposed."""
-    import optuna.distributions as od
-
-    from bnexp.launch import search
-
-    p = session.plan
-    study = _study(p, session.dir, session.worker)
-    space = {k: od.json_to_distribution(v) for k, v in p.space.items()}
-    if session.worker:
-        return _work(session, study, space)
-    search.reclaim_lost(study, orphans=True)
-    rows: list[RunRecord] = []
-    while (remaining := p.trials - len(study.get_trials(deepcopy=False))) > 0:
-        batch = [study.ask(space) for _ in range(min(p.jobs_at_once, remaining))]
-        results = _returned_rows(session.hydra.launch([_trial_overrides(p, space, t.params) for t in batch],
-                                                      initial_job_idx=batch[0].number))
-        for trial, row in zip(batch, results):
-            search.tell(study, trial, row, p.metric)
-        rows += results
-        finish(session, "running", rows, optuna=study_summary(study, search.storage_label(session.dir, p.storage)))
-    return rows, study_summary(study, search.storage_label(session.dir, p.storage))
-
-
-def _work(session: Session, study, space: dict) -> tuple[list[RunRecord], dict]:
-    """This process as one worker of the search: ask, train (in this process), tell, until the
-    study has the asked number of completed trials (see :mod:`bnexp.launch.search`)."""
-    from bnexp.launch import search
-
-    p, rows = session.plan, []
-
-    def train_trial(trial, number: int) -> RunRecord:
-        (row,) = _returned_rows(session.hydra.launch([_trial_overrides(p, space, trial.params)],
-                                                     initial_job_idx=number))
-        rows.append(row)
-        return row
-
-    search.work(study, space, p.trials, train_trial, p.metric)
-    return rows, study_summary(study, search.storage_label(session.dir, p.storage))
-
-
-def study_summary(study, storage: str) -> dict:
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    summary = {"study": study.study_name, "storage": storage,
-               "trials": len(study.get_trials(deepcopy=False)), "completed": len(done)}
-    if done:
-        best = study.best_trial
-        summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
-                           "run": best.user_attrs.get("run")}
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,52 +375,10 @@ def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: O
         raise
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading a sweep back
-
-
-# ---------------------------------------------------------------------------------------------
-# Slurm: the sbatch script of a sweep, shown by --dry-run
-
-
-def slurm_script(p: Plan) -> tuple[str, list[str]]:
-    """The sbatch script submitit would write for this sweep on Slurm (``--launcher submitit_slurm``),
-    rendered here without a cluster (submitit's own ``_make_sbatch_string``, fed the launcher settings
-    as hydra-submitit-launcher and submitit translate them: ``hydra.launcher.gpus_per_node=2`` ->
-    ``--gpus-per-node=2``, one array task per job); the sweep id is a placeholder. Also returns
-    notes on how the settings fit the jobs' ``nproc``: each job is one Slurm task, whose
-    ``bnexp train`` starts the job's ``nproc`` processes itself on its node."""
-    import sys
-
+def launcher_settings(p: Plan) -> dict[str, Any]:
+    """The plan's ``hydra.launcher`` settings as Hydra composes them (the launcher's defaults
+    under the given ones); the sweep id is a placeholder."""
     from omegaconf import OmegaConf
-    from submitit.auto.auto import AutoExecutor
-    from submitit.slurm import slurm
-
-    from bnexp.core.keys import override_value
 
     hydra = _Hydra(p, Path(p.output_dir) / "sweeps" / "SWEEP_ID", p.overrides if p.kind == "grid" else p.fixed)
-    settings = OmegaConf.to_container(hydra.cfg.hydra.launcher, resolve=True)
-    folder = settings.pop("submitit_folder")
-    generic, renamed = AutoExecutor._typed_parameters(), slurm.SlurmExecutor._equivalence_dict()
-    params = {(renamed.get(k, k) if k in generic else k): v for k, v in settings.items()
-              if v is not None and k not in ("_target_", "max_num_timeout")}
-    if "mem" in params:
-        params["mem"] = slurm._convert_mem(params["mem"])
-    jobs = len(p.grid) if p.kind == "grid" else p.jobs_at_once
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    script = slurm._make_sbatch_string(command=command, folder=folder, map_count=jobs if jobs > 1 else None, **params)
-    jobs_overrides = p.grid if p.kind == "grid" else [p.fixed]
-    nproc = max(int(override_value(job, "nproc") or 1) for job in jobs_overrides)
-    notes = []
-    if settings["tasks_per_node"] != 1 or settings["nodes"] != 1:
-        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: every "
-                     "Slurm task would train the same job; keep one task on one node per job (bnexp starts the "
-                     "job's nproc processes itself)")
-    gpus = settings.get("gpus_per_node")
-    if nproc > 1 and not gpus:
-        notes.append(f"nproc={nproc} without hydra.launcher.gpus_per_node: the processes train on CPU (gloo); for "
-                     f"CUDA (NCCL, one GPU per process) set hydra.launcher.gpus_per_node={nproc}")
-    elif gpus and gpus < nproc:
-        notes.append(f"nproc={nproc} with hydra.launcher.gpus_per_node={gpus}: NCCL needs one GPU per process; "
-                     f"set hydra.launcher.gpus_per_node={nproc} (or train those jobs with device=cpu)")
-    return script, notes
+    return OmegaConf.to_container(hydra.cfg.hydra.launcher, resolve=True)
