@@ -116,7 +116,7 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none", "MpiDefault=none", "ReturnToService=2",
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=1",
-            "MinJobAge=300", "KillWait=5", "InactiveLimit=0",
+            "MinJobAge=300", "KillWait=30", "InactiveLimit=0",
             f"NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
             f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
         ]) + "\n")

@@ -152,8 +152,12 @@ def test_killed_sweep_leaves_no_job_on_the_cluster(slurm, sweep_env):
     sweep.send_signal(signal.SIGKILL)
     sweep.wait(timeout=30)
     _wait_for(lambda: not slurm.active_jobs(), 60, f"jobs still on the cluster: {slurm.active_jobs()}")
-    _, _, runs = jobs_of(sweep_env)
+    # Slurm's SIGTERM stops each job after its step, so the job (not the reader's liveness rule)
+    # records how it ended; a record left "running" here meant the job was killed mid-ending
+    sweep_dir, _, runs = jobs_of(sweep_env)
     assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"]  # the third never started
+    shown = json.loads(bnexp(sweep_env, "show", sweep_dir.name, "--json").stdout)
+    assert shown["status"] == "dead" and sorted(j["status"] for j in shown["jobs"]) == ["interrupted"] * 2
 
 
 def test_a_job_of_several_processes_asks_slurm_for_their_cores_and_uses_its_allocation(slurm, sweep_env):

@@ -24,6 +24,7 @@ from bnexp.config.groups import NORMS, OPTIMIZERS, import_object
 from bnexp.core.errors import BnexpError, Diverged, describe_error
 from bnexp.engine.callbacks import Callbacks, Outcome, TrainLog
 from bnexp.engine.evaluate import evaluation_sums
+from bnexp.engine.ranks import stop_requested, stops_between_steps
 from bnexp.engine.state import Loop
 from bnexp.store.run import RunMoved
 
@@ -85,7 +86,13 @@ class Window:
 
 def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
     """Epochs until done, then ``on_end`` with how it went. Exceptions other than Ctrl-C and
-    divergence are recorded as ``failed`` and re-raised."""
+    divergence are recorded as ``failed`` and re-raised. SIGTERM or Ctrl-C stops the run after the
+    step under way, as ``interrupted`` (see :func:`stops_between_steps`)."""
+    with stops_between_steps():
+        return _run_loop(loop, listeners)
+
+
+def _run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
     outcome = Outcome()
     loop.listeners = listeners
     try:
@@ -171,6 +178,8 @@ def train_epoch(loop: Loop, listeners: Callbacks) -> None:
         loss_sum += summed.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         listeners.on_step(loop)
+        if loop.ranks.size == 1 and stop_requested():  # several ranks agree on their stop in ranks.sum
+            raise KeyboardInterrupt
         if p.step % log_every == 0 or p.step == loop.total_steps:
             now = time.perf_counter()
             total_loss, total_correct = loop.ranks.sum(loss_sum, correct)

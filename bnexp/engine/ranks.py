@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -107,6 +108,35 @@ def stop_requested() -> bool:
 
 def _request_stop(signum, frame) -> None:
     _stop["requested"] = True
+
+
+def _request_stop_or_insist(signum, frame) -> None:
+    """SIGTERM, or a first Ctrl-C: a stop request. A second Ctrl-C stops at once."""
+    if signum == signal.SIGINT and _stop["requested"]:
+        raise KeyboardInterrupt
+    _stop["requested"] = True
+
+
+@contextlib.contextmanager
+def stops_between_steps() -> Iterator[None]:
+    """While a run trains in this process, SIGTERM (``kill``, Slurm's cancel or requeue) and a first
+    Ctrl-C only ask it to stop; the loop stops after the step under way (:func:`stop_requested`)
+    and then ends the run, writing its checkpoint and record, undisturbed by further SIGTERMs.
+    An exception raised wherever a signal lands can break the code it lands in: one raised inside
+    TensorBoard's event writer (a ``queue.put``) left the writer's close waiting forever, until
+    Slurm killed the job with its record still ``running``. Processes of a multi-process run
+    (:func:`joined`) already stop this way; outside the main thread signals cannot be handled."""
+    if in_worker() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _request_stop_or_insist) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _stop["requested"] = False
+    try:
+        yield
+    finally:
+        _stop["requested"] = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
