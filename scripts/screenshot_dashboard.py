@@ -2,11 +2,14 @@
 
 Runs a small sweep (no BN vs bnexp's BN x two learning rates, on the bundled digits data) into a
 temporary output directory, starts ``bnexp tensorboard`` on it, waits until its scalars are served,
-and saves the Scalars page and the HParams table:
+and saves the page the link it prints opens (TIME SERIES, loss and accuracy pinned first, no
+smoothing) and the HParams table:
 
     python scripts/screenshot_dashboard.py            # -> scripts/figures/dashboard.png, dashboard_hparams.png
 
-Needs Chromium (Debian: ``apt-get install chromium``) or ``--chromium PATH``.
+Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and Selenium
+(pinned in constraints.txt): the page is driven, not just loaded, so the shot waits until every
+pinned chart has drawn its lines and closes the settings pane first.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from pathlib import Path
 FIGURES = Path(__file__).resolve().parent / "figures"
 SWEEP = ["norm=none,custom", "optimizer.lr=0.1,1.0", "model=mlp", "model.hidden_sizes=[128,64]",
          "hist_every_steps=20", "log_every_steps=5"]
-# Scalars page: the validation accuracy and training loss of every job, unsmoothed.
-SCALARS_VIEW = "#scalars&_smoothingWeight=0&tagFilter=val%2Facc%7Ctrain%2Floss"
 HPARAMS_VIEW = "#hparams"
 
 
@@ -37,6 +38,19 @@ def find_chromium(given: str | None) -> str:
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
     sys.exit("Chromium not found: apt-get install chromium, or pass --chromium PATH")
+
+
+def browser(chromium: str, size: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver") or sys.exit("chromedriver not found: apt-get install chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--window-size={size}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
 def free_port() -> int:
@@ -58,13 +72,26 @@ def wait_for_scalars(base: str, runs: int, timeout: float = 180) -> None:
     sys.exit(f"TensorBoard at {base} did not serve {runs} runs within {timeout} s")
 
 
-def screenshot(chromium: str, url: str, png: Path, size: str, budget_ms: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="bnexp-chromium-") as profile:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={size}", f"--screenshot={png}",
-                        f"--virtual-time-budget={budget_ms}", url],
-                       check=True, capture_output=True, timeout=300)
+# the pinned cards' line charts have drawn (each draws one <path> per run into its SVG/canvas layer)
+CHARTS_DRAWN = """return Array.from(document.querySelectorAll('card-view')).slice(0, 4)
+  .filter(c => c.querySelectorAll('line-chart canvas, line-chart svg path.line').length > 0).length"""
+
+
+def screenshot(chromium: str, url: str, png: Path, size: str, settle_s: float, time_series: bool) -> None:
+    driver = browser(chromium, size)
+    try:
+        driver.get(url)
+        deadline = time.monotonic() + 120
+        if time_series:
+            while driver.execute_script(CHARTS_DRAWN) < 4 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            close = driver.find_elements("css selector", "button[aria-label='Close side pane']")
+            if close:
+                close[0].click()
+        time.sleep(settle_s)  # the charts' last data requests and transitions
+        driver.save_screenshot(str(png))
+    finally:
+        driver.quit()
     print(f"saved {png}")
 
 
@@ -74,9 +101,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=FIGURES / "dashboard.png")
     parser.add_argument("--hparams-out", type=Path, default=FIGURES / "dashboard_hparams.png")
     parser.add_argument("--chromium", help="path of the Chromium binary")
-    parser.add_argument("--size", default="1400,900", help="window size WIDTH,HEIGHT of the scalars page")
+    parser.add_argument("--size", default="1600,1000", help="window size WIDTH,HEIGHT of the scalars page")
     parser.add_argument("--hparams-size", default="2400,520", help="wide enough for the metric columns")
-    parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time Chromium gives the page")
+    parser.add_argument("--settle", type=float, default=6.0, help="seconds the page gets before the shot")
     args = parser.parse_args()
     chromium = find_chromium(args.chromium)
 
@@ -88,13 +115,16 @@ def main() -> None:
         jobs = len(list(sweep_dir.glob("*/run.json")))
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "bnexp", "tensorboard", sweep_dir.name, "--port", str(port)],
-                                  env=env)
+                                  env={**env, "COLUMNS": "400"}, stdout=subprocess.PIPE, text=True)
         base = f"http://127.0.0.1:{port}"
         try:
+            opening = next(line for line in server.stdout if "unsmoothed: " in line).split("unsmoothed: ")[1].strip()
+            print(f"dashboard: {opening}")
             wait_for_scalars(base, jobs)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            screenshot(chromium, f"{base}/{SCALARS_VIEW}", args.out, args.size, args.budget_ms)
-            screenshot(chromium, f"{base}/{HPARAMS_VIEW}", args.hparams_out, args.hparams_size, args.budget_ms)
+            screenshot(chromium, opening, args.out, args.size, args.settle, time_series=True)
+            screenshot(chromium, f"{base}/{HPARAMS_VIEW}", args.hparams_out, args.hparams_size, args.settle,
+                       time_series=False)
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=60)

@@ -89,6 +89,8 @@ def runs(
     export: Optional[str] = typer.Option(None, "--export", help="With --group-by: print the table as csv or "
                                          "latex (booktabs) instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs' records (with tags and note) as a JSON list."),
+    watch: bool = typer.Option(False, "--watch", help="Follow the runs and sweeps being trained instead: a live "
+                               "table (progress, ETA, last metrics, stalled/dead), as bnexp watch."),
     wide: bool = wide_option(),
     output_dir: Optional[str] = output_dir_option(),
 ) -> None:
@@ -107,6 +109,14 @@ def runs(
     )
     from bnexp.views.paper_tables import EXPORT_FORMATS
 
+    if watch:
+        from bnexp.commands.watch import DEFAULT_INTERVAL_S, watch_options
+
+        if any([status, model, norm, dataset, experiment, name, tag, sweep, since, where, group_by, metric, export,
+                as_json, limit is not None]):
+            raise BnexpError("--watch follows every run and sweep being trained and takes no filter; "
+                             "follow some with: bnexp watch RUN|SWEEP ...")
+        return watch_options([], DEFAULT_INTERVAL_S, None, None, output_dir)
     check_statuses(status or [])
     if limit is not None and limit < 0:
         raise BnexpError(f"--limit {limit}: must be >= 0")

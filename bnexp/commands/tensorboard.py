@@ -22,7 +22,11 @@ def tensorboard(
     output_dir: Optional[str] = output_dir_option(),
 ) -> None:
     """Start TensorBoard over the given runs and sweeps (all runs when none are given), with one HParams
-    table across them; print its URL and stop cleanly on Ctrl-C."""
+    table across them; print its URL and stop cleanly on Ctrl-C.
+
+    The printed link opens TIME SERIES with val/acc, val/loss, train/loss and train/acc pinned first
+    and smoothing 0 (per-epoch curves); CUSTOM SCALARS overlays train and val loss and accuracy.
+    Per-channel gamma/beta cards appear only for runs trained with log_channels=N."""
     import time
     from pathlib import Path
 
@@ -56,8 +60,12 @@ def tensorboard(
         try:
             with console.status("starting TensorBoard..."):
                 board.wait_ready()
-            Console().print(f"TensorBoard on [bold]{count:,}[/bold] run{'s' * (count != 1)}: "
-                            f"[link={board.url}]{board.url}[/link]  (Ctrl-C to stop)", highlight=False)
+            opening = dashboard.opening_url(board.url)
+            out = Console()
+            out.print(f"TensorBoard on [bold]{count:,}[/bold] run{'s' * (count != 1)}: "
+                      f"[link={opening}]{board.url}[/link]  (Ctrl-C to stop)", highlight=False)
+            # the whole link on a line of its own, wrapped by the terminal (never broken by us): copyable
+            out.print(f"loss and accuracy first, unsmoothed: {opening}", highlight=False, soft_wrap=True)
             while board.process.poll() is None:
                 time.sleep(REFRESH_S)
                 logdir.refresh()

@@ -26,8 +26,8 @@ def groups_epilog() -> str:
         lines += ["", "[bold]Experiment presets[/bold] (experiment=NAME, with any norm=...):", ""]
         lines += [f"  [cyan]{name}[/cyan]: {summary}" for name, summary in presets]
     lines += ["", "Trainer keys: epochs, max_steps, batch_size, eval_batch_size, seed, threads, nproc, "
-              "recalibrate_batches, log_every_steps, hist_every_steps, log_channels, checkpoint, output_dir, name, "
-              "resume.",
+              "recalibrate_batches, log_every_steps, hist_every_steps, log_channels (per-channel gamma/beta scalars "
+              "of the first N channels; default 0 = off), checkpoint, output_dir, name, resume.",
               "", "Examples: bnexp train model=lenet norm=custom optimizer.lr=0.5 epochs=3",
               "          bnexp train dataset=idx dataset.path=../shared/data/mnist-t10k model=convnet",
               "          bnexp train resume=20261122-181503-lenet-custom-3fa2",

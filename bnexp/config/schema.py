@@ -121,7 +121,7 @@ class RunConfig:
     recalibrate_batches: int = 20
     log_every_steps: int = 10
     hist_every_steps: int = 100
-    log_channels: int = 16
+    log_channels: int = 0  # N > 0: per-channel gamma/beta scalars of the first N channels (2N cards per site)
     checkpoint: bool = True
     output_dir: str = f"${{oc.env:{OUTPUT_DIR_ENV},{DEFAULT_OUTPUT_DIR}}}"
     name: Optional[str] = None

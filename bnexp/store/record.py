@@ -48,6 +48,7 @@ class RunRecord:
     batch_size: Optional[int] = None
     epochs: Optional[int] = None
     max_steps: Optional[int] = None
+    total_steps: Optional[int] = None  # the steps the run trains for, once training starts (progress, ETA)
     seed: Optional[int] = None
     nproc: int = 1
     device: Optional[str] = None

@@ -17,10 +17,16 @@ class RunLog(Callback):
         self.run, self.resumed, self.began = run, resumed, not resumed
 
     def on_start(self, loop):
+        self.run.record.total_steps = loop.total_steps
         if self.resumed:  # only now, with the checkpoint and the log known good, is the run running again
             self.run.truncate_metrics(loop.progress.step)
             self.run.begin()
             self.began = True
+        else:
+            self.run.save()
+
+    def on_step(self, loop):
+        self.run.heartbeat()  # every HEARTBEAT_S however long log_every_steps takes: a late one means stalled
 
     def on_log(self, loop, log):
         if self.run.moved():

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.config.groups import LOGGERS, import_object
 from bnexp.core.keys import flatten
 from bnexp.core.vocab import is_plumbing
-from bnexp.tracking.hparams import FINAL_METRICS
+from bnexp.tracking.hparams import FINAL_METRICS, session_value
 
 
 class Sink:
@@ -100,7 +100,8 @@ class TensorBoardSink(Sink):
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         final = final_metrics(metrics)
-        _, session_start, session_end = hparams_summaries({**hparams(self.cfg), "status": status}, final)
+        params = {k: session_value(v) for k, v in hparams(self.cfg).items()}
+        _, session_start, session_end = hparams_summaries({**params, "status": status}, final)
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.scalars(final, int(metrics.get("step", 0)))

@@ -10,11 +10,20 @@ in no fixed order, when a logdir holds several. So runs write none; a sweep writ
 own directory (for ``tensorboard --logdir <sweep dir>``) and the dashboard one for its selection:
 the keys that vary first, marked ``differs`` (TensorBoard shows five columns, those first), then
 a few core keys; the ``final/*`` scalars as metrics.
+
+What it opens on: the URL it prints opens TIME SERIES with the loss and accuracy cards pinned
+above everything else and smoothing 0 (TensorBoard reads both from the URL: ``pinnedCards``,
+``smoothing``; there is no server-side default). Runs are named so that the HParams table's
+narrow Trial ID column is readable: a sweep's job by its number and choices (``3-mlp-custom``,
+``3-mlp-custom (sweep-1df4)`` beside other sweeps), a run by its id without the date and time
+(``mlp-custom-1a2b``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,14 +31,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from bnexp.core.errors import BnexpError
-from bnexp.tracking.hparams import write_experiment
+from bnexp.tracking.hparams import is_integer, write_experiment
 
 DEFAULT_PORT = 6006
+
+# The cards the dashboard opens on, pinned first, and its smoothing: per-epoch curves have a handful
+# of points, which TensorBoard's default smoothing (0.6, an exponential moving average) drags behind.
+PINNED_TAGS = ("val/acc", "val/loss", "train/loss", "train/acc")
+SMOOTHING = 0.0
+
+TIMESTAMP = re.compile(r"^\d{8}-\d{6}-")  # how run and sweep ids begin (bnexp.store.run.run_stem)
+
+
+def short_id(run_id: str) -> str:
+    """A run or sweep id without its leading date and time: ``mlp-custom-1a2b``."""
+    return TIMESTAMP.sub("", run_id) or run_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +69,7 @@ class Logdir:
 
         self.path, self.root = path, root
         self.selected = [(kind, p.resolve()) for kind, p in resolve_all(refs, root)]
+        self.one_sweep = [kind for kind, _ in self.selected] == ["sweep"]  # its jobs need no sweep prefix
         self.linked: set[Path] = set()
         self.skipped: list[str] = []  # why a run's config could not go into the HParams table
 
@@ -57,23 +80,39 @@ class Logdir:
             return (p.resolve() for p in iter_run_dirs(self.root))
         return (run.resolve() for kind, p in self.selected for run in (iter_run_dirs(p) if kind == "sweep" else [p]))
 
-    def _link_name(self, run_dir: Path) -> Path:
+    def _link_names(self, run_dir: Path) -> tuple[Path, Path]:
+        """The readable name of a run's link (its TensorBoard run name), and the full one used when
+        the readable one is taken. A sweep's job: ``<job>`` when one sweep is shown, else ``<job>
+        (<sweep>)`` (what tells the rows apart first: the Trial ID column shows ~14 characters), in
+        full ``<sweep id>/<job>``; a run: its id without, in full with, the date and time."""
         from bnexp.store.files import SWEEP_FILE
 
         sweep = run_dir.parent
         if (sweep / SWEEP_FILE).is_file():
             job = run_dir.name[len(sweep.name) + 1:] if run_dir.name.startswith(sweep.name + "-") else run_dir.name
-            return self.path / sweep.name / job
-        return self.path / run_dir.name
+            full = self.path / sweep.name / job
+            return (self.path / job if self.one_sweep else self.path / f"{job} ({short_id(sweep.name)})"), full
+        return self.path / short_id(run_dir.name), self.path / run_dir.name
+
+    def _link_for(self, run_dir: Path) -> Optional[Path]:
+        """Where ``run_dir``'s link goes: the first of its names that is free or already its own."""
+        for link in self._link_names(run_dir):
+            if not link.is_symlink() and not link.exists():
+                return link
+            if link.is_symlink() and link.resolve() == run_dir:
+                return link
+        return None
 
     def refresh(self, progress: Optional[Callable[[int], None]] = None) -> int:
         """Link every selected run not linked yet; returns how many are linked. ``progress(n)`` is
         told the count every 500 runs (a first refresh over thousands of runs takes a moment)."""
         for run_dir in self._runs():
             if run_dir not in self.linked:
-                link = self._link_name(run_dir)
+                link = self._link_for(run_dir)
+                if link is None:  # both names taken by other runs: cannot happen with ids made by bnexp
+                    continue
                 link.parent.mkdir(exist_ok=True)
-                if not link.exists():
+                if not link.is_symlink():
                     link.symlink_to(run_dir, target_is_directory=True)
                 self.linked.add(run_dir)
                 if progress and len(self.linked) % 500 == 0:
@@ -97,7 +136,9 @@ class Logdir:
         if configs:
             params = {k: v for c in configs for k, v in c.items() if not is_plumbing(k)}
             params["status"] = "completed"
-            write_experiment(self.path, params, differing_keys(configs))
+            integers = {k: [c[k] for c in configs if k in c] for k in params}
+            integers = {k: v for k, v in integers.items() if v and all(map(is_integer, v))}
+            write_experiment(self.path, params, differing_keys(configs), integers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +181,13 @@ def url_for(host: str, port: int) -> str:
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown
     return f"http://{shown}:{port}/"
+
+
+def opening_url(base: str) -> str:
+    """``base`` opening TIME SERIES on :data:`PINNED_TAGS`, pinned first, at :data:`SMOOTHING`."""
+    pinned = json.dumps([{"plugin": "scalars", "tag": tag} for tag in PINNED_TAGS], separators=(",", ":"))
+    query = urllib.parse.urlencode({"pinnedCards": pinned, "smoothing": f"{SMOOTHING:g}"}, safe="/:,")
+    return f"{base}?{query}#timeseries"
 
 
 TEMP_PREFIX = "bnexp-tensorboard-"
