@@ -35,13 +35,25 @@ ACTIVATIONS = {"relu": "torch.nn.ReLU", "sigmoid": "torch.nn.Sigmoid", "tanh": "
 INITS = ("default", "xavier_uniform", "normal")
 
 
+class Layer(NamedTuple):
+    """A torch layer at a norm site, built as ``cls(*args, eps=norm.eps, **kwargs)``: in ``args``,
+    ``"C"`` is the site's channel count and ``"norm.<key>"`` that key of the run's norm config."""
+
+    cls: str  # dotted path of the torch.nn class
+    args: tuple = ("C",)
+    kwargs: tuple = ()  # (name, value) pairs
+
+
 class NormSpec(NamedTuple):
     """What a normalization is: the one place every layer asks (``NORMS[cfg.norm.kind]``) instead
-    of testing the name. Adding a normalization is one entry here, its builder (a function
-    ``build(norm_cfg, spatial, num_features) -> nn.Module``, in its own module under ``bnexp/nn``
-    or in :mod:`bnexp.nn.norms`) and one YAML file under ``conf/norm`` (docs/architecture.md)."""
+    of testing the name. A norm torch provides is one entry here (``layer=``, and ``linear=`` when
+    the layer after linear layers differs) plus one YAML file under ``conf/norm``; a norm written
+    here is its module under ``bnexp/nn`` (the layer and a builder ``build(norm_cfg, spatial,
+    num_features) -> nn.Module``), its entry naming the builder, and the YAML (docs/architecture.md)."""
 
-    build: Optional[str]  # dotted path of the builder; None: identity sites (nothing normalizes)
+    build: Optional[str] = None  # dotted path of a builder; None with no layer: identity sites (nothing normalizes)
+    layer: Optional[Layer] = None  # or: the torch layer at every site (after convolutions: input N, C, H, W) ...
+    linear: Optional[Layer] = None  # ... and, when different, the one after linear layers (input N, C)
     running_stats: bool = False  # keeps running statistics: eval differs from train (train/eval gap, recalibration)
     min_batch: int = 1  # fewest examples a (per-process) training batch needs: 2 when statistics span the batch
     ghost: bool = False  # takes norm.ghost_batch_size (statistics over virtual batches)
@@ -52,13 +64,18 @@ class NormSpec(NamedTuple):
 
 
 NORMS = {
-    "none": NormSpec(None, title="without BN (norm=none)"),
+    "none": NormSpec(title="without BN (norm=none)"),
     "custom": NormSpec("bnexp.nn.norms.custom_batch_norm", running_stats=True, min_batch=2, ghost=True, sync=True,
                        compile=True, title="with BN (norm=custom)", color="#ff7f0e"),
     "builtin": NormSpec("bnexp.nn.norms.torch_batch_norm", running_stats=True, min_batch=2, ghost=True, sync=True,
                         title="with BN (norm=builtin)", color="#1f77b4"),
-    "layer": NormSpec("bnexp.nn.norms.layer_norm", title="LayerNorm (norm=layer)", color="#2ca02c"),
-    "group": NormSpec("bnexp.nn.norms.group_norm", title="GroupNorm (norm=group)", color="#9467bd"),
+    # Ba et al. 2016: each example over its own features; after a convolution over (C, H, W) with
+    # per-channel gamma/beta (Wu & He 2018's LayerNorm for images)
+    "layer": NormSpec(layer=Layer("torch.nn.GroupNorm", (1, "C")), linear=Layer("torch.nn.LayerNorm"),
+                      title="LayerNorm (norm=layer)", color="#2ca02c"),
+    # Wu & He 2018: each example over norm.groups groups of channels (and their positions)
+    "group": NormSpec(layer=Layer("torch.nn.GroupNorm", ("norm.groups", "C")), title="GroupNorm (norm=group)",
+                      color="#9467bd"),
     "batch_renorm": NormSpec("bnexp.nn.variants.batch_renorm", running_stats=True, min_batch=2, ghost=True,
                              title="batch renorm (norm=batch_renorm)", color="#d62728"),
     "frozen": NormSpec("bnexp.nn.variants.frozen_batch_norm", title="frozen BN (norm=frozen)", color="#8c564b"),

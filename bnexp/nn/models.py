@@ -13,8 +13,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from bnexp.config.groups import ACTIVATIONS, MODELS, NORMS, import_object
+from bnexp.config.groups import ACTIVATIONS, MODELS, import_object
 from bnexp.core.errors import BnexpError
+from bnexp.nn.norms import build_norm
 
 
 class NormNet(nn.Sequential):
@@ -29,10 +30,9 @@ def make_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
     """The norm site after a convolution (``spatial``) or a linear layer, as the norm's entry in
     :data:`bnexp.config.groups.NORMS` builds it; an identity for ``norm=none``. With ``norm.noise``
     > 0 the norm is followed by injected noise (:class:`bnexp.nn.variants.NoisyNorm`)."""
-    spec = NORMS[norm_cfg.kind]
-    if not spec.build:
+    layer = build_norm(norm_cfg, spatial, num_features)
+    if layer is None:
         return nn.Identity()
-    layer = import_object(spec.build)(norm_cfg, spatial, num_features)
     if norm_cfg.noise:
         from bnexp.nn.variants import NoisyNorm
 

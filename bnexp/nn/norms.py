@@ -1,8 +1,9 @@
-"""Builders of the norm sites, one per entry of :data:`bnexp.config.groups.NORMS`: each takes the
-``norm`` config node, whether the site follows a convolution (``spatial``) and its channel count.
+"""Building the norm sites from :data:`bnexp.config.groups.NORMS`: a torch layer its entry names
+(:func:`torch_layer`), or its builder function, which takes the ``norm`` config node, whether the
+site follows a convolution (``spatial``) and its channel count; bnexp's own BatchNorm's builders
+are here, other norms written for bnexp keep theirs in their own module (:mod:`bnexp.nn.variants`).
 
-Adding a normalization: a builder here (or in the norm's own module under ``bnexp/nn``), its
-:class:`~bnexp.config.groups.NormSpec` entry and a YAML file under ``conf/norm``.
+Adding a normalization: docs/architecture.md ("Add a normalization").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from bnexp.config.groups import NORMS, Layer, import_object
 from bnexp.core.errors import BnexpError
 from bnexp.nn import batchnorm
 
@@ -32,23 +34,27 @@ def torch_batch_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
     return batchnorm.GhostBatchNorm(layer, norm_cfg.ghost_batch_size) if norm_cfg.ghost_batch_size else layer
 
 
-def layer_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
-    """Layer normalization (Ba et al. 2016): each example normalized over its own features.
-    After a convolution that is ``nn.GroupNorm(1, C)``, i.e. over (C, H, W) with per-channel
-    gamma/beta (Wu & He 2018's LayerNorm); after a linear layer ``nn.LayerNorm(C)``."""
-    if spatial:
-        return nn.GroupNorm(1, num_features, eps=norm_cfg.eps)
-    return nn.LayerNorm(num_features, eps=norm_cfg.eps)
+def torch_layer(layer: Layer, norm_cfg, num_features: int) -> nn.Module:
+    """A registry entry's torch layer (:class:`~bnexp.config.groups.Layer`) at one site; a layer that
+    refuses the site (``norm.groups`` not dividing its channels) is a one-line error naming the key."""
+    args = [num_features if a == "C" else norm_cfg[a[len("norm."):]] if str(a).startswith("norm.") else a
+            for a in layer.args]
+    try:
+        return import_object(layer.cls)(*args, eps=norm_cfg.eps, **dict(layer.kwargs))
+    except (ValueError, TypeError) as exc:
+        keys = ", ".join(f"{a}={norm_cfg[a[len('norm.'):]]}" for a in layer.args if str(a).startswith("norm."))
+        raise BnexpError(f"{keys or f'norm={norm_cfg.kind}'}: a norm site has {num_features} channels, which "
+                         f"{layer.cls}({', '.join(map(str, args))}) refuses: {exc}") from None
 
 
-def group_norm(norm_cfg, spatial: bool, num_features: int) -> nn.Module:
-    """Group normalization (Wu & He 2018): each example normalized over ``norm.groups`` groups of
-    channels (and their positions); the same for linear sites, whose features are the channels."""
-    groups = norm_cfg.groups
-    if num_features % groups:
-        raise BnexpError(f"norm.groups={groups}: a norm site has {num_features} channels, which {groups} groups "
-                         f"do not split evenly; use a divisor of every layer width (e.g. norm.groups=2)")
-    return nn.GroupNorm(groups, num_features, eps=norm_cfg.eps)
+def build_norm(norm_cfg, spatial: bool, num_features: int) -> Optional[nn.Module]:
+    """The layer ``norm.kind``'s registry entry builds at a site after a convolution (``spatial``)
+    or a linear layer; None when the norm has no layer (``norm=none``)."""
+    spec = NORMS[norm_cfg.kind]
+    if spec.build:
+        return import_object(spec.build)(norm_cfg, spatial, num_features)
+    layer = spec.linear if spec.linear and not spatial else spec.layer
+    return torch_layer(layer, norm_cfg, num_features) if layer else None
 
 
 def synchronize_norms(model: nn.Module, norm_cfg, device: torch.device) -> Optional[str]:
