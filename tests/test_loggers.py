@@ -15,10 +15,13 @@ from bnexp.core.errors import BnexpError
 def test_logger_group_composes_and_checks_its_sinks(monkeypatch):
     assert list(load([]).logger.sinks) == ["tensorboard"]
     assert list(load(["logger=mlflow"]).logger.sinks) == ["tensorboard", "mlflow"]
-    with pytest.raises(BnexpError, match="logger.sinks=wandb: valid values are tensorboard, mlflow"):
+    with pytest.raises(BnexpError, match="logger.sinks=wandb: valid values are mlflow, tensorboard"):
         load(["logger.sinks=[wandb]"])
-    monkeypatch.setitem(__import__("bnexp.config.groups").config.groups.LOGGER_PACKAGES, "mlflow",
-                        ("no_such_package_bnexp", "bnexp[mlflow]"))
+    from bnexp.config import compose, groups
+
+    assert groups.sink_names() == ["mlflow", "tensorboard"]  # the modules of bnexp/tracking/sinks
+    assert groups.sink_requires("mlflow") == ("mlflow", "bnexp[mlflow]") and groups.sink_requires("tensorboard") is None
+    monkeypatch.setattr(compose, "sink_requires", lambda name: ("no_such_package_bnexp", "bnexp[mlflow]"))
     with pytest.raises(BnexpError, match=r"the no_such_package_bnexp package is not installed; pip install 'bnexp\[mlflow\]'"):
         load(["logger=mlflow"])
 

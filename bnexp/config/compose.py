@@ -18,14 +18,14 @@ from bnexp.config.groups import (
     DATASETS,
     DEVICES,
     INITS,
-    LOGGER_PACKAGES,
-    LOGGERS,
     MODELS,
     NORMS,
     OPTIMIZERS,
     SCHEDULES,
     config_dir,
     group_options,
+    sink_names,
+    sink_requires,
 )
 from bnexp.config.schema import GROUP_SCHEMAS, MAX_NAME, DatasetConfig, RunConfig, register_schemas
 from bnexp.core.errors import BnexpError
@@ -212,10 +212,10 @@ def validate(cfg: DictConfig) -> None:
     _choice("device", cfg.device.type, DEVICES)
     validate_dataset(cfg.dataset)
     for sink in cfg.logger.sinks:
-        _choice("logger.sinks", sink, LOGGERS)
-        package, extra = LOGGER_PACKAGES.get(sink, (None, None))
+        _choice("logger.sinks", sink, sink_names())
+        package, pip = sink_requires(sink) or (None, None)
         _require(package is None or importlib.util.find_spec(package) is not None,
-                 f"logger.sinks={sink}: the {package} package is not installed; pip install '{extra}'")
+                 f"logger.sinks={sink}: the {package} package is not installed; pip install '{pip}'")
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps={cfg.max_steps}: must be >= 1 or null")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")

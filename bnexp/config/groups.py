@@ -6,6 +6,7 @@ constructs it. Adding an optimizer is one entry here plus one YAML file under ``
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.resources
 from pathlib import Path
@@ -82,9 +83,27 @@ NORMS = {
 }
 
 
-# logger sink -> its class (bnexp.tracking.sinks.Sink); metrics.jsonl is always written besides them
-LOGGERS = {"tensorboard": "bnexp.tracking.sinks.TensorBoardSink", "mlflow": "bnexp.tracking.mlflow.MLflowSink"}
-LOGGER_PACKAGES = {"mlflow": ("mlflow", "bnexp[mlflow]")}  # sinks needing an optional package: (import, extra)
+SINKS_DIR = Path(__file__).resolve().parent.parent / "tracking" / "sinks"
+
+
+def sink_names() -> list[str]:
+    """The sinks ``logger.sinks`` may name: one module each in ``bnexp/tracking/sinks/``, found by
+    file name as commands are (nothing imported). metrics.jsonl is always written besides them."""
+    return sorted(p.stem for p in SINKS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+@functools.lru_cache(maxsize=None)
+def sink_requires(name: str) -> Optional[tuple[str, str]]:
+    """A sink's optional package as its module declares it, ``REQUIRES = (import name, pip
+    argument)``, e.g. ``("mlflow", "bnexp[mlflow]")``; None when it needs none. The constant is read
+    from the module's source (the module itself is the tracking layer's to import)."""
+    import ast
+
+    tree = ast.parse((SINKS_DIR / f"{name}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "REQUIRES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return None
 
 
 # optimizer -> (class, the optimizer keys it takes)

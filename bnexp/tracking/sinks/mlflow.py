@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from bnexp.tracking.sinks import Sink, final_metrics, hparams
 
+REQUIRES = ("mlflow", "bnexp[mlflow]")  # checked when a config names this sink (bnexp.config.groups.sink_requires)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 RUN_TAG = "bnexp.run_id"
 END_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
