@@ -131,10 +131,10 @@ def main() -> None:
     except BnexpError as exc:
         if _debug():
             raise
-        error_line(str(exc), exc.label)
+        error_line(str(exc), exc.prefix)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        error_line("stopped", label="interrupted")
+        error_line("stopped", prefix="interrupted")
         sys.exit(130)
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's UsageError & co.
@@ -143,7 +143,7 @@ def main() -> None:
             error_line(f"{exc.format_message()} (see: {where} --help)")
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":  # a prompt closed with Ctrl-D / Ctrl-C
-            error_line("aborted", label="interrupted")
+            error_line("aborted", prefix="interrupted")
             sys.exit(1)
         if _debug():
             raise

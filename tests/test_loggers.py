@@ -67,3 +67,50 @@ def test_mlflow_logs_params_steps_and_final_metrics_and_continues_a_resumed_run(
     assert [m.step for m in epochs] == [e["step"] for e in map(json.loads, (run_dir / "metrics.jsonl").read_text()
                                                                 .splitlines()) if e["kind"] == "epoch"]
     assert list((run_dir).glob("events.out.tfevents.*"))  # TensorBoard is written too
+
+
+def test_a_logger_is_one_module_of_the_sinks_package(tmp_path, tiny, monkeypatch):
+    """The recipe's claim: a module in bnexp/tracking/sinks (found by its file name) and a config
+    naming it are all a new logger takes; probes hand it the same measurements as every sink."""
+    import bnexp.tracking.sinks as sinks_package
+    from bnexp.config import groups
+    from bnexp.launch.trainer import train
+
+    extra = tmp_path / "sinks"
+    extra.mkdir()
+    (extra / "tensorboard.py").write_text("")  # the names validation sees
+    (extra / "tsvtest.py").write_text(
+        "from bnexp.tracking.sinks import Sink\n\n\n"
+        "class TSVSink(Sink):\n"
+        "    def __init__(self, run, cfg, resumed_at):\n"
+        "        self.file = open(run.path / 'scalars.tsv', 'a')\n\n"
+        "    def scalars(self, values, step):\n"
+        "        self.file.writelines(f'{step}\\t{tag}\\t{value}\\n' for tag, value in values.items())\n\n"
+        "    def close(self, status):\n"
+        "        self.file.write(f'closed\\t{status}\\n')\n"
+        "        self.file.close()\n")
+    monkeypatch.setattr(groups, "SINKS_DIR", extra)
+    monkeypatch.setattr(sinks_package, "__path__", [*sinks_package.__path__, str(extra)])
+    monkeypatch.delitem(__import__("sys").modules, "bnexp.tracking.sinks.tsvtest", raising=False)
+    cfg = load([*tiny, "logger.sinks=[tensorboard,tsvtest]", f"output_dir={tmp_path / 'out'}"])
+    record = train(cfg, [], progress=False)
+    lines = (__import__("pathlib").Path(record.dir) / "scalars.tsv").read_text().splitlines()
+    assert any("\ttrain/loss\t" in line for line in lines) and any("\tval/acc\t" in line for line in lines)
+    assert lines[-1] == "closed\tcompleted"
+
+
+def test_no_probe_holds_a_run_or_a_sink():
+    """Measuring is apart from writing: every listener that measures takes the Measurements hand-off,
+    never the run, a sink or a writer; only the run's own listeners and Publishing hold those."""
+    import inspect
+
+    from bnexp.engine.callbacks import Callback
+    from bnexp.tracking import diagnostics, listeners, probes, sinks, telemetry
+
+    probes_found = [cls for module in (telemetry, diagnostics, probes) for cls in vars(module).values()
+                    if inspect.isclass(cls) and issubclass(cls, Callback) and cls.__module__ == module.__name__]
+    assert {c.__name__ for c in probes_found} >= {"Telemetry", "TrainEvalGap", "GradientTelemetry", "ScienceProbes"}
+    for cls in probes_found:
+        params = set(inspect.signature(cls.__init__).parameters)
+        assert not params & {"run", "sinks", "sink", "writer"}, cls
+    assert sinks.Publishing and listeners.RunLog  # the writers: sinks (via Publishing) and the run's log

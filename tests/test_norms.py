@@ -106,3 +106,29 @@ def test_recalibrate_refuses_a_norm_without_running_statistics(cli, tiny):
     (run,) = cli.out.glob("runs/*")
     refused = cli("recalibrate", run.name, check=False)
     assert refused.returncode != 0 and "norm=group: it has no running statistics" in refused.stderr
+
+
+def test_every_entry_is_a_builder_or_torch_layers_that_import():
+    """Each NORMS entry names a builder function or a torch layer (never both); every dotted path imports."""
+    from bnexp.config.groups import import_object
+
+    for kind, spec in NORMS.items():
+        assert not (spec.build and spec.layer), kind
+        assert spec.linear is None or spec.layer is not None, kind
+        for path in filter(None, [spec.build, *(layer.cls for layer in (spec.layer, spec.linear) if layer)]):
+            assert callable(import_object(path)), (kind, path)
+
+
+def test_a_norm_torch_provides_is_one_registry_entry(monkeypatch):
+    """The recipe's claim: a registry entry alone builds a new norm at every site (its YAML only
+    composes the config); no builder function is written."""
+    from bnexp.config.groups import Layer, NormSpec
+
+    monkeypatch.setitem(NORMS, "instance", NormSpec(layer=Layer("torch.nn.InstanceNorm2d", kwargs=(("affine", True),)),
+                                                    linear=Layer("torch.nn.LayerNorm")))
+    cfg = load(["model=lenet", "norm=layer"])
+    cfg.norm.kind = "instance"
+    net = build_model(cfg.model, cfg.norm, 1, (28, 28), 10)
+    assert [type(m) for _, m in norm_layers(net)] == [nn.InstanceNorm2d, nn.InstanceNorm2d, nn.LayerNorm, nn.LayerNorm]
+    assert all(m.eps == cfg.norm.eps for _, m in norm_layers(net))
+    net(torch.randn(4, 1, 28, 28)).sum().backward()

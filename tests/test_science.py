@@ -342,7 +342,7 @@ def test_probes_off_by_default_register_nothing():
     for overrides in ([], ["norm=none"], ["norm=builtin", "model=lenet"]):
         cfg = load(overrides)
         model = build_model(cfg.model, cfg.norm, 1, (28, 28), 10)
-        assert not any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, None, model, []))
+        assert not any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, model, None))
     cfg = load(["norm=batch_renorm"])  # batch renorm logs its clipping: the listener exists
     model = build_model(cfg.model, cfg.norm, 1, (28, 28), 10)
-    assert any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, None, model, []))
+    assert any(isinstance(listener, ScienceProbes) for listener in diagnostics(cfg, model, None))

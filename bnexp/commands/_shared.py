@@ -24,11 +24,11 @@ def output_root(output_dir: Optional[str]) -> Path:
 def complete_runs(ctx, incomplete: str) -> list[str]:
     """Shell completion of run and sweep references: the ids and ``name=`` labels under the output
     directory (``--output-dir`` if already typed) that start with what was typed."""
-    from bnexp.store.catalog import label_of, scan
+    from bnexp.store.catalog import name_of, scan
 
     root = output_root((ctx.params or {}).get("output_dir"))
     names = [os.path.basename(entry.path) for entry in scan(root)]
-    found = dict.fromkeys(n for n in [*names, *filter(None, map(label_of, names))] if n.startswith(incomplete))
+    found = dict.fromkeys(n for n in [*names, *filter(None, map(name_of, names))] if n.startswith(incomplete))
     return sorted(found)[:500]
 
 

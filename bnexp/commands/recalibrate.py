@@ -58,10 +58,10 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
     from bnexp.engine.loop import resolve_device
     from bnexp.engine.rebuild import rebuild
     from bnexp.engine.recalibrate import recalibrate, recalibration_batches
-    from bnexp.store.files import CHECKPOINT_FILE
-    from bnexp.store.run import load_saved
+    from bnexp.store.resume import TO_REBUILD, resume
 
-    cfg, _ = load_saved(run_dir)
+    trained = resume(run_dir, TO_REBUILD)
+    cfg = trained.cfg
     if not NORMS[cfg.norm.kind].running_stats:
         raise BnexpError(f"run {run_dir.name} was trained with norm={cfg.norm.kind}: it has no running statistics "
                          "to recalibrate")
@@ -71,7 +71,7 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
     device = resolve_device(cfg.device.type)
     data = load_dataset(dataset_settings(cfg), device)
     # one process: synchronized layers would be plain BN, so they are built as trained, unsynchronized
-    built = rebuild(cfg, data, device, 1, run_dir / CHECKPOINT_FILE, synchronize=False)
+    built = rebuild(cfg, data, device, 1, trained.checkpoint, synchronize=False)
     model, optimizer, scheduler, progress = built.module, built.optimizer, built.scheduler, built.progress
 
     def score(batch_stats: bool = False) -> tuple[float, float]:

@@ -9,7 +9,6 @@ import typer
 
 from bnexp.commands import add
 from bnexp.core.errors import BnexpError
-from bnexp.core.keys import override_key
 from bnexp.engine.callbacks import Callback
 
 
@@ -122,39 +121,16 @@ class ResumeNotice(Callback):
 
 
 def resume_config(overrides: list[str], cfg):
-    """The saved config of the run named by ``resume=``, with a longer ``epochs``/``max_steps`` if
-    given (a finished run trains on); any other override is refused, since it would change what
-    the checkpoint was trained as."""
-    from bnexp.config.schema import EXTENDABLE_KEYS
-    from bnexp.core.keys import override_value
+    """The run named by ``resume=`` as the resume policy continues it (:mod:`bnexp.store.resume`):
+    its saved config, with a longer ``epochs``/``max_steps`` if given."""
     from bnexp.store.catalog import resolve
-    from bnexp.store.record import read_record
-    from bnexp.store.run import load_saved
+    from bnexp.store.resume import BY_USER, resume
 
-    given = [o for o in overrides if not o.startswith("resume=")]
-    others = [o for o in given if override_key(o) not in EXTENDABLE_KEYS]
-    if others:
-        raise BnexpError(f"resume= continues a run with its saved config; only {' and '.join(EXTENDABLE_KEYS)} "
-                         f"may change (to train longer); drop: {' '.join(others)}")
     kind, run_dir = resolve(cfg.resume, Path(cfg.output_dir))
     if kind != "run":
         raise BnexpError(f"resume={cfg.resume} names a sweep; continue it with: bnexp sweep --resume {run_dir.name}")
-    record = read_record(run_dir)
-    saved, saved_overrides = load_saved(run_dir)
-    longer = {key: override_value(given, key) for key in EXTENDABLE_KEYS if override_value(given, key) is not None}
-    if record.status == "completed" and not longer:
-        raise BnexpError(f"run {run_dir.name} already completed; nothing to resume (to train longer: "
-                         f"bnexp train resume={run_dir.name} epochs=N)")
-    if longer:
-        if saved.optimizer.schedule == "cosine":
-            raise BnexpError(f"run {run_dir.name} uses optimizer.schedule=cosine, whose learning rate already "
-                             "decayed to zero over its planned steps; training it longer would not continue "
-                             "that schedule")
-        for key in longer:
-            saved[key] = cfg[key]
-        saved_overrides = [o for o in saved_overrides if override_key(o) not in longer]
-        saved_overrides += [f"{k}={v}" for k, v in longer.items()]
-    return saved, saved_overrides, run_dir
+    continued = resume(run_dir, BY_USER, overrides, cfg)
+    return continued.cfg, continued.overrides, run_dir
 
 
 def train(

@@ -13,7 +13,7 @@ class BnexpError(Exception):
     """A problem the user can fix (bad value, missing file, ...); the message says how."""
 
     exit_code = 2
-    label = "error"  # the word the CLI prints before the message
+    prefix = "error"  # the word the CLI prints before the message
 
 
 def _interrupt(signum, frame):
@@ -42,7 +42,7 @@ class Interrupted(BnexpError):
     """Ctrl-C or SIGTERM: the run is kept as ``interrupted`` with its last checkpoint."""
 
     exit_code = 130
-    label = "interrupted"
+    prefix = "interrupted"
 
 
 def describe_error(exc: BaseException) -> str:
@@ -66,12 +66,12 @@ def write_failure(exc: BaseException, directory: Path) -> str:
     return str(exc).splitlines()[0][:160]
 
 
-def error_line(message: str, label: str = "error") -> None:
+def error_line(message: str, prefix: str = "error") -> None:
     """Print one red ``error:`` line to stderr (Rich markup in the message is not interpreted)."""
     from rich.console import Console
     from rich.text import Text
 
     from bnexp.core.text import escape
 
-    style = "bold yellow" if label != "error" else "bold red"
-    Console(stderr=True, soft_wrap=True).print(Text(f"{label}: ", style=style) + Text(escape(" ".join(message.split()))))
+    style = "bold yellow" if prefix != "error" else "bold red"
+    Console(stderr=True, soft_wrap=True).print(Text(f"{prefix}: ", style=style) + Text(escape(" ".join(message.split()))))

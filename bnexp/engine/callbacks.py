@@ -5,8 +5,8 @@ The loop (:mod:`bnexp.engine.loop`) calls, in order of registration::
     on_start(loop)                   before the first step (also of a continued run)
     on_step(loop)                    after every optimizer step
     on_log(loop, log)                every log_every_steps: a TrainLog of the window since the last one
-    on_validation(loop) -> dict      after each epoch's validation: extra metrics for the epoch record
-    on_epoch(loop, record)           the epoch record (what metrics.jsonl and the summary keep)
+    on_validation(loop) -> dict      after each epoch's validation: extra metrics for the epoch entry
+    on_epoch(loop, entry)            the epoch's metrics.jsonl entry (what the log and the summary keep)
     on_end(loop, outcome)            once, in reverse order, however the run ended
 
 The run record, TensorBoard, the progress bar, checkpoints and the BN diagnostics are listeners;
@@ -23,7 +23,7 @@ from bnexp.core.errors import BnexpError, Diverged, Interrupted
 from bnexp.store.record import RunRecord
 
 if TYPE_CHECKING:  # the loop's own types; importing them here would import torch
-    from bnexp.engine.state import Loop
+    from bnexp.engine.state import TrainingState
 
 
 @dataclass
@@ -37,7 +37,8 @@ class TrainLog:
     lr: float
     examples_per_s: float
 
-    def record(self) -> dict:
+    def entry(self) -> dict:
+        """As a metrics.jsonl entry."""
         return {"kind": "train", **asdict(self)}
 
 
@@ -54,18 +55,18 @@ class Outcome:
 class Callback:
     """A listener: override the hooks you need."""
 
-    def on_start(self, loop: "Loop") -> None: ...
+    def on_start(self, loop: "TrainingState") -> None: ...
 
-    def on_step(self, loop: "Loop") -> None: ...
+    def on_step(self, loop: "TrainingState") -> None: ...
 
-    def on_log(self, loop: "Loop", log: TrainLog) -> None: ...
+    def on_log(self, loop: "TrainingState", log: TrainLog) -> None: ...
 
-    def on_validation(self, loop: "Loop") -> dict:
+    def on_validation(self, loop: "TrainingState") -> dict:
         return {}
 
-    def on_epoch(self, loop: "Loop", record: dict) -> None: ...
+    def on_epoch(self, loop: "TrainingState", entry: dict) -> None: ...
 
-    def on_end(self, loop: "Loop", outcome: Outcome) -> None: ...
+    def on_end(self, loop: "TrainingState", outcome: Outcome) -> None: ...
 
 
 class Callbacks(Callback):
@@ -94,9 +95,9 @@ class Callbacks(Callback):
             metrics.update(listener.on_validation(loop))
         return metrics
 
-    def on_epoch(self, loop, record):
+    def on_epoch(self, loop, entry):
         for listener in self.listeners:
-            listener.on_epoch(loop, record)
+            listener.on_epoch(loop, entry)
 
     def on_end(self, loop, outcome):
         from bnexp.core.errors import describe_error

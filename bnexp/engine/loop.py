@@ -25,7 +25,7 @@ from bnexp.core.errors import BnexpError, Diverged, describe_error
 from bnexp.engine.callbacks import Callbacks, Outcome, TrainLog
 from bnexp.engine.evaluate import evaluation_sums
 from bnexp.engine.ranks import stop_requested, stops_between_steps
-from bnexp.engine.state import Loop
+from bnexp.engine.state import TrainingState
 from bnexp.store.run import RunMoved
 
 
@@ -84,7 +84,7 @@ class Window:
     time: float = field(default_factory=time.perf_counter)
 
 
-def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
+def run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
     """Epochs until done, then ``on_end`` with how it went. Exceptions other than Ctrl-C and
     divergence are recorded as ``failed`` and re-raised. SIGTERM or Ctrl-C stops the run after the
     step under way, as ``interrupted`` (see :func:`stops_between_steps`)."""
@@ -92,7 +92,7 @@ def run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
         return _run_loop(loop, listeners)
 
 
-def _run_loop(loop: Loop, listeners: Callbacks) -> Outcome:
+def _run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
     outcome = Outcome()
     loop.listeners = listeners
     try:
@@ -138,7 +138,7 @@ def mean_rate(metrics: dict, epochs: int) -> float:
     return rate if not before or epochs < 2 else epochs / ((epochs - 1) / before + 1 / rate)
 
 
-def validate(loop: Loop) -> tuple[float, float]:
+def validate(loop: TrainingState) -> tuple[float, float]:
     """Validation loss and accuracy with running statistics. With several ranks, each scores its
     share of the validation set with rank 0's statistics and the sums are added up."""
     ranks, data = loop.ranks, loop.data
@@ -149,7 +149,7 @@ def validate(loop: Loop) -> tuple[float, float]:
     return loss_sum / max(len(data.val_x), 1), correct / max(len(data.val_x), 1)
 
 
-def train_epoch(loop: Loop, listeners: Callbacks) -> None:
+def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
     """One pass over the shuffled training set, each rank on its shard of every batch. Loss/accuracy
     sums stay on the device; the host syncs (and the ranks add up their sums) only at log steps,
     where a non-finite running loss stops the run as diverged."""
@@ -200,13 +200,13 @@ def train_epoch(loop: Loop, listeners: Callbacks) -> None:
                      lr=loop.scheduler.get_last_lr()[0], examples_per_s=seen / max(elapsed, 1e-9))
 
 
-def _check_finite(loss: float, loop: Loop) -> None:
+def _check_finite(loss: float, loop: TrainingState) -> None:
     if not math.isfinite(loss):
         raise Diverged(f"loss became {loss} by step {loop.progress.step} (epoch {loop.epoch}); "
                        f"try a lower optimizer.lr (now {loop.cfg.optimizer.lr})")
 
 
-def _maybe_compile(loop: Loop) -> float:
+def _maybe_compile(loop: TrainingState) -> float:
     """Switch custom BN layers to their torch.compile'd path and compile them up front (train and
     eval graphs) on a real batch, so the one-off cost is measured and shown rather than hidden in
     the first step. Parameters and BN buffers are restored afterwards: the warm-up leaves no trace."""

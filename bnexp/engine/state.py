@@ -1,4 +1,4 @@
-"""The training state of one run (:class:`Loop`): what the loop advances and listeners read."""
+"""The training state of one run (:class:`TrainingState`): what the loop advances and listeners read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bnexp.store.run import Run
 
 
 @dataclass
-class Loop:
+class TrainingState:
     """One run's training state, as the loop advances it and listeners read it."""
 
     cfg: DictConfig

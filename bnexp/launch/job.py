@@ -15,7 +15,7 @@ from bnexp.core.errors import BnexpError, sigterm_as_interrupt
 from bnexp.core.vocab import fmt_seconds, is_plumbing
 from bnexp.engine.callbacks import Callback
 from bnexp.launch.plan import threads_per_job
-from bnexp.store.files import CHECKPOINT_FILE, RUN_FILE, now_iso, write_json
+from bnexp.store.files import RUN_FILE, now_iso, write_json
 from bnexp.store.lock import busy_message, is_locked
 from bnexp.store.record import RunRecord
 from bnexp.store.registry import load_record
@@ -122,11 +122,11 @@ def lost_job(sweep_dir: Path, number: int, overrides: list[str], reason: str) ->
 def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: list, progress: bool) -> None:
     from bnexp.config.compose import check_schema, validate
     from bnexp.launch.trainer import train
-    from bnexp.store.run import load_saved
+    from bnexp.store.resume import AS_JOB, resume
 
-    if (run_dir / RUN_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
-        saved, saved_overrides = load_saved(run_dir)
-        train(saved, saved_overrides, resume=run_dir, progress=progress, callbacks=watch)
+    continued = resume(run_dir, AS_JOB)  # a job run again (sweep --resume, retried trial, Slurm requeue)
+    if continued is not None:
+        train(continued.cfg, continued.overrides, resume=run_dir, progress=progress, callbacks=watch)
         return
     _clear_job_dir(run_dir)
     cfg = check_schema(cfg)

@@ -306,8 +306,10 @@ def reap(sweep_dir: Path, wait_s: float = 10.0) -> int:
 def pending_jobs(sweep_dir: Path, p: Plan) -> dict[int, list[str]]:
     """Of a grid, the jobs still to run by number: those not completed or diverged (failed,
     interrupted, dead, or never started); all of them for a new sweep."""
+    from bnexp.store.resume import runs_again
+
     done = {job_number(r): r.status for r in job_rows(sweep_dir) if job_number(r) is not None}
-    return {i: job for i, job in enumerate(p.grid) if done.get(i) not in ("completed", "diverged")}
+    return {i: job for i, job in enumerate(p.grid) if runs_again(done.get(i))}
 
 
 def in_process(p: Plan) -> Plan:

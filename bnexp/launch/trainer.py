@@ -22,7 +22,7 @@ from bnexp.config.compose import dataset_settings
 from bnexp.core.errors import BnexpError
 from bnexp.engine.callbacks import Callback, Callbacks, record_or_raise
 from bnexp.engine.loop import (
-    Loop,
+    TrainingState,
     epoch_batches,
     resolve_device,
     run_loop,
@@ -81,10 +81,9 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
         module, optimizer, scheduler, state, sync_note = (built.module, built.optimizer, built.scheduler,
                                                           built.progress, built.sync_note)
         if resume is not None:
-            if state.step >= total_steps:
-                name = Path(resume).name
-                raise BnexpError(f"run {name} already trained {state.step} steps ({state.epoch} epochs); to train "
-                                 f"longer: resume={name} epochs=N with N > {cfg.epochs}")
+            from bnexp.store.resume import already_trained
+
+            already_trained(Path(resume), state.step, state.epoch, total_steps, cfg.epochs)
         model = ranks.wrap(module)
     except BaseException:
         if opened is not None:
@@ -93,10 +92,10 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     if sync_note and lead:
         from bnexp.core.errors import error_line
 
-        error_line(sync_note, label="note")
+        error_line(sync_note, prefix="note")
     execution = {**ranks.describe(), **({"norm_sync": sync_note} if sync_note else {})}
     run = (opened or create_run(cfg, overrides, run_dir, str(device), {**reproducibility(device), **execution})) if lead else None
-    loop = Loop(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
+    loop = TrainingState(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
                 progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
                 min_batch=min_batch, run=run, ranks=ranks, hist_every_steps=int(cfg.hist_every_steps),
                 started=time.perf_counter() - (run.record.duration_s if run else 0.0))
@@ -111,7 +110,7 @@ def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resum
     """Everything that watches a run (rank 0's alone): its record, checkpoint, telemetry into the
     ``logger``'s sinks, diagnostics, progress bar. ``resumed_at``: the checkpoint's step, for a continued run."""
     from bnexp.tracking.diagnostics import diagnostics
-    from bnexp.tracking.sinks import open_sinks
+    from bnexp.tracking.sinks import Measurements, Publishing, open_sinks
     from bnexp.tracking.telemetry import Telemetry
 
     resumed = resumed_at is not None
@@ -120,8 +119,8 @@ def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resum
         listeners.append(_ConfigRefresh(cfg, overrides))
     if cfg.checkpoint:
         listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
-    sinks = open_sinks(run, cfg, resumed_at)
-    listeners += [Telemetry(run, cfg, module, sinks), *diagnostics(cfg, run, module, sinks)]
+    out = Measurements(run, open_sinks(run, cfg, resumed_at))  # probes measure into it; sinks write
+    listeners += [Telemetry(cfg, module, out), *diagnostics(cfg, module, out), Publishing(out)]
     if progress:
         listeners.append(ProgressBar())
     return listeners

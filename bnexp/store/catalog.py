@@ -79,7 +79,7 @@ class Catalog:
         return cls(Path(root), runs, sweeps)
 
     def resolve(self, ref: str) -> tuple[str, Path]:
-        """``("sweep" | "run", directory)`` for an id, a unique id prefix or a unique ``name=`` label.
+        """``("sweep" | "run", directory)`` for an id, a unique id prefix or a unique ``name=``.
         An exact id wins, then prefixes (a sweep over its own jobs, whose ids start with it), then
         labels of runs and sweeps."""
         sweep_set = set(self.sweeps)
@@ -90,8 +90,8 @@ class Catalog:
                                                        if match(p.name) and p.parent not in inside]
             if found:
                 return _one(ref, found)
-        found = [("sweep", p) for p in self.sweeps if label_of(p.name) == ref]
-        found += [("run", p) for p in self.runs if p.parent not in sweep_set and label_of(p.name) == ref]
+        found = [("sweep", p) for p in self.sweeps if name_of(p.name) == ref]
+        found += [("run", p) for p in self.runs if p.parent not in sweep_set and name_of(p.name) == ref]
         if found:
             return _one(ref, found)
         raise BnexpError(f"no run or sweep matches '{ref}' (not a directory, and no id under {self.root} "
@@ -106,9 +106,9 @@ def _one(ref: str, found: list[tuple[str, Path]]) -> tuple[str, Path]:
     return found[0]
 
 
-def label_of(dir_name: str) -> Optional[str]:
-    """The ``name=`` label inside a run id (``<date>-<time>-<model>-<norm>-<label>-<hex>``) or a
-    sweep id (``<date>-<time>-sweep-<label>-<hex>``), if any."""
+def name_of(dir_name: str) -> Optional[str]:
+    """The ``name=`` inside a run id (``<date>-<time>-<model>-<norm>-<name>-<hex>``) or a
+    sweep id (``<date>-<time>-sweep-<name>-<hex>``), if any."""
     parts = dir_name.split("-")
     if len(parts) < 5 or not parts[0].isdigit():
         return None

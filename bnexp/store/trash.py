@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from bnexp.core.errors import BnexpError
-from bnexp.store.catalog import label_of
+from bnexp.store.catalog import name_of
 from bnexp.store.files import RUN_FILE, SWEEP_FILE, UnreadableFile, now_iso, read_json_object, remove_dir, write_json
 from bnexp.store.run import unique_dir
 
@@ -96,7 +96,7 @@ def find_trashed(refs: list[str], items: list[Trashed]) -> list[Trashed]:
     for ref in refs:
         exact = [i for i in items if i.name == ref]
         matches = (exact[-1:] or [i for i in items if i.name.startswith(ref)]
-                   or [i for i in items if label_of(i.name) == ref])
+                   or [i for i in items if name_of(i.name) == ref])
         if not matches:
             known = ", ".join(i.name for i in items[-5:]) or "the trash is empty"
             raise BnexpError(f"nothing in the trash matches '{ref}' ({known})")

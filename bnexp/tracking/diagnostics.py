@@ -3,7 +3,7 @@ activations Telemetry logs. :func:`diagnostics` picks those a run's config asks 
 
 Train/eval gap (:class:`TrainEvalGap`, runs with BN): after each epoch's validation with running
 statistics (``val_acc``), the same validation set is scored twice more and added to the epoch
-record (metrics.jsonl, run.json, TensorBoard ``val/<rest>``):
+entry (metrics.jsonl, run.json, TensorBoard ``val/<rest>``):
 
     val_loss_batch_stats, val_acc_batch_stats        BN in training mode: each evaluation batch
                                                      (``eval_batch_size``) normalized by its own statistics
@@ -28,10 +28,12 @@ at every ``hist_every_steps`` step, per norm site (``normK``) and the conv/linea
     grad/<site>                              histogram of dL/d(norm input), the pre-activation gradient
 
 The weight norm and lr are taken at the forward (the weights and rate of that step); the gradients
-once the step is done. The same numbers go to metrics.jsonl as ``kind: grad`` records.
+once the step is done. The same numbers go to metrics.jsonl as ``kind: grad`` entries.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -42,19 +44,19 @@ from bnexp.engine.callbacks import Callback
 from bnexp.engine.recalibrate import buffers_restored, recalibrate, recalibration_batches
 from bnexp.nn.models import norm_layers
 from bnexp.tracking.probes import ScienceProbes, running_stat_error, site_stat_layers
-from bnexp.tracking.sinks import Sink
+from bnexp.tracking.sinks import Measurements
 
 
-def diagnostics(cfg: DictConfig, run, model, sinks: list[Sink]) -> list[Callback]:
+def diagnostics(cfg: DictConfig, model, out: Optional[Measurements]) -> list[Callback]:
     """The diagnostic listeners for this run: the train/eval gap for norms with running statistics,
-    gradient telemetry (into the run's ``sinks``) when histograms are on."""
+    gradient telemetry when histograms are on; each measures into ``out``."""
     listeners: list[Callback] = []
     if NORMS[cfg.norm.kind].running_stats:
-        listeners.append(TrainEvalGap(int(cfg.recalibrate_batches), run, sinks))
+        listeners.append(TrainEvalGap(int(cfg.recalibrate_batches), out))
     if cfg.hist_every_steps:
-        listeners.append(GradientTelemetry(run, model, sinks))
+        listeners.append(GradientTelemetry(model, out))
     if ScienceProbes.wanted(cfg, model):
-        listeners.append(ScienceProbes(cfg, run, model, sinks))
+        listeners.append(ScienceProbes(cfg, model, out))
     return listeners
 
 
@@ -66,13 +68,12 @@ class TrainEvalGap(Callback):
     running statistics: how far the running estimate is from what the network was trained with.
 
     The recalibration also gives the running-statistics error (:func:`bnexp.tracking.probes.running_stat_error`)
-    of each site: ``running_mean_err``/``running_var_err`` in the epoch record (mean over sites), per
-    site as ``kind: running_stats`` records and ``running_stats/{mean_err,var_err}/<site>`` scalars
-    when the run's record and sinks are given."""
+    of each site: ``running_mean_err``/``running_var_err`` in the epoch entry (mean over sites), per
+    site as ``kind: running_stats`` entries and ``running_stats/{mean_err,var_err}/<site>`` scalars
+    when ``out`` is given."""
 
-    def __init__(self, recalibrate_batches: int, run=None, sinks: tuple[Sink, ...] = ()):
-        self.batches = recalibrate_batches
-        self.run, self.sinks = run, sinks
+    def __init__(self, recalibrate_batches: int, out: Optional[Measurements] = None):
+        self.batches, self.out = recalibrate_batches, out
 
     def on_validation(self, loop) -> dict:
         devices = [loop.device] if loop.device.type == "cuda" else []
@@ -101,12 +102,11 @@ class TrainEvalGap(Callback):
         """Running statistics (``ema``, kept before the recalibration) against the recalibrated ones."""
         per_site = {site: running_stat_error(*ema[site], m.running_mean, m.running_var) for site, m in layers.items()}
         for site, errors in per_site.items():
-            if self.run is not None:
-                self.run.log({"kind": "running_stats", "step": loop.progress.step, "epoch": loop.epoch, "site": site,
-                              **errors})
-            for sink in self.sinks:
-                sink.scalars({f"running_stats/{name}/{site}": value for name, value in errors.items()},
-                             loop.progress.step)
+            if self.out is not None:
+                self.out.entry({"kind": "running_stats", "step": loop.progress.step, "epoch": loop.epoch,
+                                "site": site, **errors})
+                self.out.scalars({f"running_stats/{name}/{site}": value for name, value in errors.items()},
+                                 loop.progress.step)
         if not per_site:
             return {}
         return {f"running_{name}": sum(e[name] for e in per_site.values()) / len(per_site)
@@ -137,10 +137,10 @@ def affine_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
 
 class GradientTelemetry(Callback):
     """Gradient and effective-LR scalars and pre-activation gradient histograms on histogram steps
-    (``loop.hist_due``), handed to the run's sinks (Telemetry closes them)."""
+    (``loop.hist_due``), handed to ``out``; its hooks are removed when the run ends."""
 
-    def __init__(self, run, model, sinks: list[Sink]):
-        self.run, self.model, self.sinks = run, model, sinks
+    def __init__(self, model, out: Measurements):
+        self.model, self.out = model, out
         self.layers = preceding_layers(model)
         self.sites = [site for site, _ in norm_layers(model)]
         self.handles: list = []
@@ -179,8 +179,7 @@ class GradientTelemetry(Callback):
         for site in self.sites:
             grad = input_grads.get(site)
             if grad is not None:
-                for sink in self.sinks:
-                    sink.histogram(f"grad/{site}", grad, step)
+                self.out.histogram(f"grad/{site}", grad, step)
             norms: dict[str, torch.Tensor] = {}
             layer = self.layers.get(site)
             if site in at_forward and layer.weight.grad is not None:
@@ -193,12 +192,11 @@ class GradientTelemetry(Callback):
             numbers = dict(zip(norms, torch.stack([v.float() for v in norms.values()]).cpu().tolist()))
             if "weight_norm" in numbers:
                 numbers["effective_lr"] = at_forward[site][0] / max(numbers["weight_norm"] ** 2, 1e-30)
-            for sink in self.sinks:
-                sink.scalars({f"{name}/{site}": value for name, value in numbers.items()}, step)
-            record = {"kind": "grad", "step": step, "epoch": epoch, "site": site, **numbers}
+            self.out.scalars({f"{name}/{site}": value for name, value in numbers.items()}, step)
+            entry = {"kind": "grad", "step": step, "epoch": epoch, "site": site, **numbers}
             if site in at_forward:
-                record["lr"] = at_forward[site][0]
-            self.run.log(record)
+                entry["lr"] = at_forward[site][0]
+            self.out.entry(entry)
 
     def on_end(self, loop, outcome):
         for handle in self.handles:

@@ -1,4 +1,4 @@
-"""The listeners every run has: its record (run.json, metrics.jsonl), its checkpoint, a progress bar."""
+"""The listeners every run has: its record (run.json) and log (metrics.jsonl), its checkpoint, a progress bar."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from bnexp.store.run import RunMoved
 
 
 class RunLog(Callback):
-    """The run directory's record: run.json (status, metrics, heartbeat) and metrics.jsonl."""
+    """The run's record (run.json: status, metrics, heartbeat) and its log (metrics.jsonl)."""
 
     def __init__(self, run, resumed: bool):
         self.run, self.resumed, self.began = run, resumed, not resumed
@@ -32,12 +32,12 @@ class RunLog(Callback):
         if self.run.moved():
             raise RunMoved(f"the directory of run {self.run.path.name} was moved or deleted while it trained "
                            f"(stopped at step {loop.progress.step}; its record went with it)")
-        self.run.log(log.record())
+        self.run.log(log.entry())
         self.run.record.metrics = dict(loop.progress.metrics)
         self.run.heartbeat()
 
-    def on_epoch(self, loop, record):
-        self.run.log(record)
+    def on_epoch(self, loop, entry):
+        self.run.log(entry)
         self.update(loop)
         self.run.save()
 
@@ -65,7 +65,7 @@ class Checkpointer(Callback):
     def __init__(self, path, config: dict):
         self.path, self.config = path, config
 
-    def on_epoch(self, loop, record):
+    def on_epoch(self, loop, entry):
         from bnexp.engine.checkpoint import save_checkpoint
 
         save_checkpoint(self.path, loop.module, loop.optimizer, loop.scheduler, loop.progress, self.config)
@@ -105,13 +105,13 @@ class ProgressBar(Callback):
         self.progress.update(self.task, description=f"epoch {log.epoch}",
                              stats=f"loss {log.loss:.4f} acc {log.acc:.3f}")
 
-    def on_epoch(self, loop, record):
+    def on_epoch(self, loop, entry):
         from bnexp.core.vocab import fmt_number, fmt_rate
 
         self.console.print(  # under 80 columns up to 9,999 epochs
-            f"epoch {record['epoch']}/{loop.epochs}  loss {fmt_number(record['train_loss'])} / val "
-            f"{fmt_number(record['val_loss'])}  acc {fmt_number(record['train_acc'])} / val "
-            f"{fmt_number(record['val_acc'])}  {fmt_rate(record['examples_per_s'])} ex/s", highlight=False)
+            f"epoch {entry['epoch']}/{loop.epochs}  loss {fmt_number(entry['train_loss'])} / val "
+            f"{fmt_number(entry['val_loss'])}  acc {fmt_number(entry['train_acc'])} / val "
+            f"{fmt_number(entry['val_acc'])}  {fmt_rate(entry['examples_per_s'])} ex/s", highlight=False)
 
     def on_end(self, loop, outcome):
         self.stack.close()

@@ -230,9 +230,9 @@ class ScienceProbes(Callback):
     SUMMARY = {"shift": ("kl_in", "kl_out", "dmu_in", "dmu_out"), "ics": ("l2", "cos", "rel"),
                "smooth": ("loss_range", "grad_pred", "beta"), "renorm": ("r_clip", "d_clip")}
 
-    def __init__(self, cfg, run, model: nn.Module, sinks):
+    def __init__(self, cfg, model: nn.Module, out):
         d = cfg.diagnostics
-        self.run, self.model, self.sinks = run, model, sinks
+        self.model, self.out = model, out  # out: bnexp.tracking.sinks.Measurements
         self.shift_every, self.ics_every, self.smooth_every = int(d.shift_every), int(d.ics_every), int(d.smooth_every)
         self.smooth_steps = [float(s) for s in d.smooth_steps]
         self.signal = bool(d.signal_prop)
@@ -346,18 +346,16 @@ class ScienceProbes(Callback):
     # recording
 
     def record(self, loop, kind: str, site: str | None, values: dict, x: int | None = None) -> None:
-        """One ``kind`` record to metrics.jsonl and a ``kind/<name>[/<site>]`` scalar per value to the
+        """One ``kind`` entry to metrics.jsonl and a ``kind/<name>[/<site>]`` scalar per value to the
         sinks at ``x`` (default: the step)."""
         step = loop.progress.step
         scalars = {f"{kind}/{name}" + (f"/{site}" if site else ""): value for name, value in values.items()
                    if name != "depth"}
-        for sink in self.sinks:
-            sink.scalars(scalars, step if x is None else x)
+        self.out.scalars(scalars, step if x is None else x)
         for name in self.SUMMARY.get(kind, ()):
             if name in values:
                 self.epoch_values.setdefault(f"{kind}_{name}", []).append(values[name])
-        record = {"kind": kind, "step": step, "epoch": loop.epoch, **({"site": site} if site else {}), **values}
-        self.run.log(record)
+        self.out.entry({"kind": kind, "step": step, "epoch": loop.epoch, **({"site": site} if site else {}), **values})
 
     def on_validation(self, loop) -> dict:
         values, self.epoch_values = self.epoch_values, {}

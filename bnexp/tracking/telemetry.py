@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 
 from bnexp.engine.callbacks import Callback
 from bnexp.nn.models import norm_layers
-from bnexp.store.files import NORM_PARAMS_FILE, write_json
-from bnexp.tracking.sinks import Sink
+from bnexp.store.files import NORM_PARAMS_FILE
+from bnexp.tracking.sinks import Measurements
 
 PERCENTILES = (15, 50, 85)
 HISTOGRAM_SAMPLE = 2048  # values per activation histogram: plenty for 30 buckets and 3 percentiles, cheap to bin
@@ -87,67 +87,54 @@ class Telemetry(Callback):
     draws, and ``norm_params.json`` when the run ends.
     """
 
-    def __init__(self, run, cfg: DictConfig, model, sinks: list[Sink]):
-        self.run, self.cfg, self.model, self.sinks = run, cfg, model, sinks
+    def __init__(self, cfg: DictConfig, model, out: Measurements):
+        self.cfg, self.model, self.out = cfg, model, out
         self.log_channels = int(cfg.log_channels)
         self.probe: Optional[NormProbe] = None
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        for sink in self.sinks:
-            sink.scalars(values, step)
-
-    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        for sink in self.sinks:
-            sink.histogram(tag, values, step)
 
     def on_start(self, loop):
         self.probe = NormProbe(self.model, lambda: loop.hist_due)
 
     def on_log(self, loop, log):
-        self.scalars({f"train/{key}": getattr(log, key) for key in ("loss", "acc", "lr", "examples_per_s")}, log.step)
+        self.out.scalars({f"train/{key}": getattr(log, key) for key in ("loss", "acc", "lr", "examples_per_s")},
+                         log.step)
 
     def on_step(self, loop):
         if loop.hist_due:
             self.log_histograms(loop.progress.step, loop.epoch)
 
-    def on_epoch(self, loop, record):
-        values = {"val/" + key[4:]: value for key, value in record.items()
+    def on_epoch(self, loop, entry):
+        values = {"val/" + key[4:]: value for key, value in entry.items()
                   if key.startswith("val_") and isinstance(value, float)}
-        values.update({f"epoch/{key}": record[key] for key in ("train_loss", "train_acc", "examples_per_s")})
-        self.scalars(values, record["step"])
+        values.update({f"epoch/{key}": entry[key] for key in ("train_loss", "train_acc", "examples_per_s")})
+        self.out.scalars(values, entry["step"])
 
     def log_histograms(self, step: int, epoch: int) -> None:
         """Activations at every norm site (input and output: the activation's input) and the norm
         parameters and buffers; percentile bands go to metrics.jsonl for the report."""
         for site, (before, after) in self.probe.take().items():
             sample_in, sample_out = sample(before), sample(after)
-            self.histogram(f"activations/{site}/input", sample_in, step)
-            self.histogram(f"activations/{site}/output", sample_out, step)
+            self.out.histogram(f"activations/{site}/input", sample_in, step)
+            self.out.histogram(f"activations/{site}/output", sample_out, step)
             unit0 = sample(after[:, 0])
-            self.run.log({"kind": "activation", "step": step, "epoch": epoch, "site": site,
-                          "input": percentiles(sample_in), "output": percentiles(sample_out),
-                          "unit0": percentiles(unit0)})
+            self.out.entry({"kind": "activation", "step": step, "epoch": epoch, "site": site,
+                            "input": percentiles(sample_in), "output": percentiles(sample_out),
+                            "unit0": percentiles(unit0)})
         channels: dict[str, float] = {}
         for site, module in norm_layers(self.model):
             for name, tensor in norm_tensors(module).items():
-                self.histogram(f"{name}/{site}", tensor.detach().float().cpu(), step)
+                self.out.histogram(f"{name}/{site}", tensor.detach().float().cpu(), step)
                 if name in ("gamma", "beta"):
                     for c, value in enumerate(tensor[: self.log_channels].tolist()):
                         channels[f"{name}_channels/{site}/c{c:03d}"] = value
-        self.scalars(channels, step)
+        self.out.scalars(channels, step)
 
     def norm_params(self) -> dict[str, dict[str, list[float]]]:
         return {site: {name: t.detach().float().cpu().tolist() for name, t in norm_tensors(m).items()}
                 for site, m in norm_layers(self.model)}
 
     def on_end(self, loop, outcome):
-        try:
-            if self.probe is not None:
-                self.probe.remove()
-            if outcome.status in ("completed", "diverged"):
-                for sink in self.sinks:
-                    sink.final(loop.progress.metrics, outcome.status)
-                write_json(self.run.path / NORM_PARAMS_FILE, self.norm_params())
-        finally:
-            for sink in self.sinks:
-                sink.close(outcome.status)
+        if self.probe is not None:
+            self.probe.remove()
+        if outcome.status in ("completed", "diverged"):
+            self.out.file(NORM_PARAMS_FILE, self.norm_params())

@@ -1,6 +1,6 @@
 """Sinks: where measurements are written. Probes and listeners measure once and hand the numbers
 to every sink the run's ``logger`` config names (``conf/logger``, the way lightning-hydra-template
-picks loggers); a sink only writes. ``metrics.jsonl`` is the run's own record and always written
+picks loggers); a sink only writes. ``metrics.jsonl`` is the run's own log and always written
 (:class:`bnexp.tracking.listeners.RunLog`); these are the extra destinations.
 
 A sink is built as ``Sink(run, cfg, resumed_at)`` and receives, in this order::
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp.core.keys import flatten
 from bnexp.core.vocab import is_plumbing
+from bnexp.engine.callbacks import Callback
 from bnexp.tracking.hparams import FINAL_METRICS
 
 
@@ -72,3 +73,47 @@ def open_sinks(run, cfg: DictConfig, resumed_at: Optional[int]) -> list[Sink]:
             sink.close("failed")
         raise
     return opened
+
+
+class Measurements:
+    """Where probes hand what they measured, once: scalars and histograms go to every sink, entries
+    to the run's log (metrics.jsonl), files to the run directory. Probes take this and nothing else
+    of the run: none holds a sink, a writer or the run, so none knows where its numbers end up."""
+
+    def __init__(self, run, sinks: list[Sink]):
+        self.run, self.sinks = run, sinks
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for sink in self.sinks:
+            sink.scalars(values, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        for sink in self.sinks:
+            sink.histogram(tag, values, step)
+
+    def entry(self, entry: dict) -> None:
+        """One line of the run's log (metrics.jsonl), e.g. ``{"kind": "grad", "step": ..., ...}``."""
+        self.run.log(entry)
+
+    def file(self, name: str, data) -> None:
+        """A JSON file of the run directory (``norm_params.json``), written atomically."""
+        from bnexp.store.files import write_json
+
+        write_json(self.run.path / name, data)
+
+
+class Publishing(Callback):
+    """Ends the sinks with the run: the final metrics when it ended with a result, then ``close``
+    with its status however it ended (registered after every probe)."""
+
+    def __init__(self, measurements: Measurements):
+        self.sinks = measurements.sinks
+
+    def on_end(self, loop, outcome):
+        try:
+            if outcome.status in ("completed", "diverged"):
+                for sink in self.sinks:
+                    sink.final(loop.progress.metrics, outcome.status)
+        finally:
+            for sink in self.sinks:
+                sink.close(outcome.status)
