@@ -120,7 +120,8 @@ def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resum
     if cfg.checkpoint:
         listeners.append(Checkpointer(run.path / CHECKPOINT_FILE, OmegaConf.to_container(cfg, resolve=True)))
     out = Measurements(run, open_sinks(run, cfg, resumed_at))  # probes measure into it; sinks write
-    listeners += [Telemetry(cfg, module, out), *diagnostics(cfg, module, out), Publishing(out)]
+    # listeners end in reverse: the probes first, then Publishing (the sinks' final metrics, close)
+    listeners += [Publishing(out), Telemetry(cfg, module, out), *diagnostics(cfg, module, out)]
     if progress:
         listeners.append(ProgressBar())
     return listeners

@@ -104,7 +104,8 @@ class Measurements:
 
 class Publishing(Callback):
     """Ends the sinks with the run: the final metrics when it ended with a result, then ``close``
-    with its status however it ended (registered after every probe)."""
+    with its status however it ended (registered before the probes: listeners end in reverse, so
+    it ends after them)."""
 
     def __init__(self, measurements: Measurements):
         self.sinks = measurements.sinks
