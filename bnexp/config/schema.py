@@ -81,7 +81,7 @@ class LoggerConfig:
     """The ``logger`` node: where measurements are written besides metrics.jsonl."""
 
     name: str = "tensorboard"
-    sinks: List[str] = field(default_factory=lambda: ["tensorboard"])  # names in config.groups.LOGGERS
+    sinks: List[str] = field(default_factory=lambda: ["tensorboard"])  # modules of bnexp/tracking/sinks
     mlflow_uri: Optional[str] = None  # mlflow: tracking URI (null: sqlite:///<output_dir>/mlflow.db)
     mlflow_experiment: str = "bnexp"  # mlflow: experiment the runs are filed under
 
