@@ -351,3 +351,137 @@ def test_accuracy_against_batch_size(sweep, tmp_path, figures):
     gaps = [c.lines[0].get_ydata() for c in gap_panel.containers]
     assert all(list(g) == pytest.approx([0.015, 0.015]) for g in gaps)
     assert "![batch_size](batch_size.png)" in written["report"].read_text()
+
+
+# --- figures that never mislead -------------------------------------------------------------------------
+
+
+def data_artists(ax) -> int:
+    """Lines with points, filled bands, scatter points and boxes an axes draws."""
+    return (sum(len(line.get_xdata()) > 0 for line in ax.lines) + len(ax.collections)
+            + sum(p.get_visible() for p in ax.patches))
+
+
+def test_coinciding_series_stay_visible_and_bands_stay_readable(sweep, tmp_path, figures):
+    """custom and builtin give equal curves: each has its own line style and marker, the thin custom
+    line is drawn above the wide builtin one, and the ±std bands are faint fills with edges."""
+    from matplotlib.colors import to_rgba
+
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    dirs = [clone_run(template, tmp_path / "runs" / f"{norm}-{seed}", {"norm.kind": norm, "seed": seed}, {})
+            for norm in ("none", "custom", "builtin") for seed in (0, 1)]
+    build_report(dirs, tmp_path / "report")
+    ax = figures["curves"].axes[0]
+    lines = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+    custom, builtin = lines["norm=custom (n=2)"], lines["norm=builtin (n=2)"]
+    assert list(custom.get_ydata()) == list(builtin.get_ydata())  # the same curve...
+    assert (custom.get_linestyle(), custom.get_marker()) != (builtin.get_linestyle(), builtin.get_marker())
+    assert custom.get_marker() != builtin.get_marker() and custom.get_linestyle() != builtin.get_linestyle()
+    assert custom.get_zorder() > builtin.get_zorder() and custom.get_linewidth() < builtin.get_linewidth()
+    styles = [(line.get_linestyle(), line.get_marker()) for line in figures["curves"].legends[0].get_lines()]
+    assert len(set(styles)) == 3  # the legend promises three tellable lines
+    bands = [c for c in ax.collections if len(c.get_paths())]
+    assert bands
+    for band in bands:
+        assert to_rgba(band.get_facecolor()[0])[3] <= 0.1  # faint: three bands over each other stay readable
+        assert band.get_linewidth()[0] > 0 and to_rgba(band.get_edgecolor()[0])[3] >= 0.5  # edged
+
+
+def test_no_panel_is_empty_or_drops_a_series_silently(sweep, tmp_path, figures):
+    """Every panel of every figure draws data or says why not; a series the legend shows but a panel
+    cannot draw (effective LR of norm=none) is named under that panel."""
+    ids = run_ids(sweep)
+    written = build_report([sweep / "runs" / ids[n] for n in NORMS], tmp_path / "report")
+    assert "gradients" in written
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            assert data_artists(ax) or ax.texts, f"{name}: panel {ax.get_title()!r} is empty without a note"
+    effective_lr = figures["gradients"].axes[0]
+    assert "not drawn (no norm layer" in effective_lr.get_xlabel() and "norm=none" in effective_lr.get_xlabel()
+    assert {line.get_label() for line in effective_lr.lines} == {"norm=custom", "norm=builtin"}
+    text = written["report"].read_text()
+    assert "What ran (from the runs' config.yaml and run.json): `model.name=mlp`" in text
+
+
+def test_labels_name_only_what_tells_runs_apart(sweep, tmp_path, figures):
+    """Two runs from different datasets differ in dataset.name and dataset.path (and more): the
+    legend names the dataset only; report.md lists every differing setting."""
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    dirs = [clone_run(template, tmp_path / "runs" / name, {"dataset.name": name, "dataset.path": path,
+                                                         "model.hidden_sizes": sizes}, {})
+            for name, path, sizes in (("digits", None, [16, 12]), ("idx", "../shared/data/mnist-t10k", [120, 84]))]
+    text = build_report(dirs, tmp_path / "report")["report"].read_text()
+    assert legend_labels(figures["curves"]) == ["dataset=digits", "dataset=idx"]
+    assert "`dataset.path=../shared/data/mnist-t10k`" in text and "`model.hidden_sizes=[120, 84]`" in text
+    assert "Labels name the fewest settings that tell the cells apart" in text
+
+
+def test_training_loss_against_examples_seen_when_batch_sizes_differ(sweep, tmp_path, figures):
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    steps = [t["step"] for t in load_run(template).train]
+    dirs = [clone_run(template, tmp_path / "runs" / f"b{batch}", {"batch_size": batch}, {}) for batch in (16, 64)]
+    build_report(dirs, tmp_path / "report")
+    train_panel = figures["curves"].axes[2]
+    assert train_panel.get_xlabel().startswith("examples seen")
+    xs = {line.get_label(): list(line.get_xdata()) for line in train_panel.lines}
+    assert xs["batch_size=16"] == [s * 16 for s in steps] and xs["batch_size=64"] == [s * 64 for s in steps]
+    build_report(dirs[:1], tmp_path / "one")  # one batch size: steps are comparable
+    assert figures["curves"].axes[2].get_xlabel() == "step"
+
+
+def preset_run(template: Path, dst: Path, overrides: list[str]) -> Path:
+    """A copy of a real run that claims it came from a preset with this description and these overrides."""
+    import yaml
+
+    clone_run(template, dst, {"description": "MLP, 3 epochs. MNIST is downloaded by torchvision.", "epochs": 1}, {})
+    record = json.loads((dst / "run.json").read_text())
+    record.update(experiment="mlp_mnist", overrides=overrides)
+    (dst / "run.json").write_text(json.dumps(record))
+    (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return dst
+
+
+def test_preset_description_is_quoted_only_when_it_is_what_ran(sweep, tmp_path):
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    kept = preset_run(template, tmp_path / "kept", ["experiment=mlp_mnist", "norm=custom", "seed=3", "threads=1"])
+    text = build_report([kept], tmp_path / "r1")["report"].read_text()
+    assert "> MLP, 3 epochs. MNIST is downloaded" in text
+    changed = preset_run(template, tmp_path / "changed", ["experiment=mlp_mnist", "epochs=1", "dataset=digits"])
+    text = build_report([changed], tmp_path / "r2")["report"].read_text()
+    assert "MLP, 3 epochs" not in text and "MNIST is downloaded" not in text
+    assert ("description of `experiment=mlp_mnist` is not quoted: these runs override what it describes "
+            "(`epochs=1`, `dataset=digits`)") in text
+    assert "`epochs=1`" in text.split("What ran")[1].split("\n")[0] and "`dataset.name=digits`" in text
+
+
+def test_an_optuna_search_gets_objective_and_history_plots(sweep, tmp_path, figures):
+    """A search's trials as points: objective vs each searched parameter, the history with the best
+    so far; no batch-size figure with a legend entry per trial."""
+    template = sweep / "runs" / run_ids(sweep)["custom"]
+    sweep_dir = tmp_path / "20261205-120000-sweep-abcd"
+    trials = [(0.3, 16, 0.90), (0.05, 64, 0.85), (0.8, 32, 0.93), (0.5, 16, 0.91), (0.6, 64, 0.95)]
+    for number, (lr, batch, acc) in enumerate(trials):
+        clone_run(template, sweep_dir / f"{sweep_dir.name}-{number}-mlp-custom",
+                  {"optimizer.lr": lr, "batch_size": batch}, {"best_val_acc": acc})
+    space = {"optimizer.lr": json.dumps({"name": "FloatDistribution", "attributes": {"low": 0.01, "high": 1.0,
+                                                                                      "log": True, "step": None}}),
+             "batch_size": json.dumps({"name": "CategoricalDistribution", "attributes": {"choices": ["16", "64"]}})}
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "id": sweep_dir.name, "status": "completed", "kind": "optuna", "metric": "best_val_acc",
+        "swept": ["optimizer.lr", "batch_size"], "space": space, "jobs": []}))
+    written = build_report(collect_run_dirs([str(sweep_dir)]), tmp_path / "report")
+    assert "batch_size" not in written and "search_objective" in written and "search_history" in written
+    assert_png(written["search_objective"])
+    lr_panel, batch_panel, *_ = figures["search_objective"].axes
+    assert lr_panel.get_xlabel() == "optimizer.lr" and lr_panel.get_xscale() == "log"
+    points = lr_panel.collections[0].get_offsets()
+    assert sorted(map(tuple, points.tolist())) == sorted((lr, acc) for lr, _, acc in trials)
+    assert list(lr_panel.collections[0].get_array()) == [0, 1, 2, 3, 4]  # colour = trial number
+    history = figures["search_history"].axes[0]
+    best_line = next(line for line in history.lines if line.get_label() == "best so far")
+    assert list(best_line.get_ydata()) == [0.90, 0.90, 0.93, 0.93, 0.95]
+    assert "best 0.9500 at trial 4 (optimizer.lr=0.6, batch_size=64)" in history.get_title()
+    text = written["report"].read_text()
+    assert "![search_objective](search_objective.png)" in text and "## Search history" in text

@@ -12,7 +12,10 @@ differ between cells (``norm=custom lr=0.1``); report.md maps each label to its 
 runs. Figures are drawn on matplotlib's Agg canvas (no display, no pyplot state), 15 inches wide,
 with the legend below the axes (the figure grows by its rows, so it never covers data):
 
-    curves.png        validation accuracy / loss per epoch and training loss per step, one line per cell
+    curves.png        validation accuracy / loss per epoch and training loss per step (per example seen when
+                      batch sizes differ), one line per cell: its own line style and marker, custom dashed
+                      above builtin, ±1 std bands as faint edged fills; a series a panel cannot draw is named
+                      under the panel
     activations.png   15/50/85th percentile bands of the last norm site's unit 0 (the activation's
                       input) over training, one panel per norm, as in Ioffe & Szegedy (2015) Fig. 1(b, c);
                       below, the same bands over all units of every norm site
@@ -22,10 +25,13 @@ with the legend below the axes (the figure grows by its rows, so it never covers
     bn_gap.png        validation accuracy with batch statistics and with recalibrated running
                       statistics, minus that with the running statistics, per epoch (runs with BN)
     batch_size.png    final validation accuracy and train/eval gap vs batch size (when batch size varies)
+    search_objective.png, search_history.png
+                      an Optuna sweep's objective vs each searched parameter and per trial with the best so
+                      far (instead of batch_size.png)
     report.md         the figures, the label mapping, the tables of final metrics and seed statistics
 
 The package, in the order its modules import each other: ``load`` (a run's files as RunData), ``cells``
-(runs grouped by settings, their labels and colours), ``figures`` (the PNGs; the only module that imports
-matplotlib), ``tables`` (the Markdown tables), ``markdown`` (report.md and :func:`build_report`).
+(runs grouped by settings, their labels and colours), ``figures`` (the PNGs; with ``science`` and ``search``
+the modules that draw), ``tables`` (the Markdown tables), ``markdown`` (report.md and :func:`build_report`).
 The command imports it lazily.
 """

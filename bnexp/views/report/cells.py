@@ -25,6 +25,17 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")  # one per cell, in order: equal curves stay tellable
+
+
+# Where a norm's cells start in LINESTYLES: custom dashed over builtin solid, so equal curves show both
+NORM_STYLE_OFFSET = {"custom": 1}
+
+
+# Keys a label prefers when several tell the same cells apart (the group choices, then the rest by name)
+LABEL_PREFERENCE = ("norm.kind", "experiment", "model.name", "dataset.name", "optimizer.name")
+
+
 SHADES = (0.0, -0.4, 0.45)  # the k-th group of 4 cells of one colour: as is, darker, lighter
 
 
@@ -45,6 +56,7 @@ class Cell:
     label: str = ""
     color: str = "#2ca02c"
     style: str = "-"
+    marker: str = "o"
 
     @property
     def norm(self) -> str:
@@ -62,11 +74,14 @@ class Cell:
         return summarize(_final(r, key) for r in self.runs)
 
     def line(self, **extra: Any) -> dict:
-        # builtin is drawn wide and pale under a thin custom line, so two equal curves stay both visible
+        """Matplotlib line properties. builtin is drawn wide and pale below a thin dashed custom line
+        (``zorder``), each cell with its own marker, so two equal curves stay both visible."""
         width = {"builtin": 3.2, "custom": 1.3}.get(self.norm, 1.6)
         alpha = {"builtin": 0.55}.get(self.norm, 0.95)
-        return {"color": self.color, "linestyle": self.style, "linewidth": width, "alpha": alpha,
-                "label": legend_text(self.label), **extra}
+        zorder = {"builtin": 2.0, "custom": 2.6}.get(self.norm, 2.3)
+        return {"color": self.color, "linestyle": self.style, "linewidth": width, "alpha": alpha, "zorder": zorder,
+                "marker": self.marker, "markersize": 4.5, "markerfacecolor": "none" if self.norm == "custom" else
+                self.color, "label": legend_text(self.label), **extra}
 
 
 def make_cells(runs: list[RunData]) -> tuple[list[Cell], list[str]]:
@@ -79,9 +94,10 @@ def make_cells(runs: list[RunData]) -> tuple[list[Cell], list[str]]:
     keys.sort(key=lambda k: (k != "norm.kind", k))
     cells.sort(key=lambda c: (tuple(_value_order(c.settings.get(k)) for k in keys if k != "norm.kind"),
                               _norm_rank(c.norm)))
-    names = short_names(keys)
+    shown = label_keys(cells, keys)
+    names = short_names(shown)
     for cell in cells:
-        parts = [f"{names[k]}={_value_text(cell.settings.get(k))}" for k in keys]
+        parts = [f"{names[k]}={_value_text(cell.settings.get(k))}" for k in shown]
         cell.label = " ".join(parts or [f"norm={cell.norm}"]) + (f" (n={cell.n})" if cell.n > 1 else "")
         for run in cell.runs:
             run.label = cell.label
@@ -92,8 +108,27 @@ def make_cells(runs: list[RunData]) -> tuple[list[Cell], list[str]]:
         base = NORM_COLORS.get(cell.norm, PALETTE[2]) if by_norm else PALETTE[i % len(PALETTE)]
         k = by_colour[base] = by_colour.get(base, -1) + 1
         cell.color = _shade(base, SHADES[(k // len(LINESTYLES)) % len(SHADES)])
-        cell.style = LINESTYLES[k % len(LINESTYLES)]
+        cell.style = LINESTYLES[(k + NORM_STYLE_OFFSET.get(cell.norm, 0)) % len(LINESTYLES)]
+        cell.marker = MARKERS[i % len(MARKERS)]
     return cells, keys
+
+
+def label_keys(cells: list, keys: list[str]) -> list[str]:
+    """The fewest of ``keys`` that still tell every two cells apart, in ``keys``' order: a key whose
+    values follow from keys already taken (``dataset.path`` beside ``dataset.name``, a preset's
+    ``model.hidden_sizes`` beside ``experiment``) stays out of the labels (report.md lists them all).
+    Keys are taken greedily, the group choices (:data:`LABEL_PREFERENCE`) first."""
+    order = sorted(keys, key=lambda k: (LABEL_PREFERENCE.index(k) if k in LABEL_PREFERENCE
+                                        else len(LABEL_PREFERENCE), keys.index(k)))
+    chosen: list[str] = []
+
+    def groups(taken: list[str]) -> int:
+        return len({tuple(repr(c.settings.get(k)) for k in taken) for c in cells})
+
+    for key in order:
+        if groups(chosen + [key]) > groups(chosen):
+            chosen.append(key)
+    return [k for k in keys if k in chosen]
 
 
 def short_names(keys: list[str]) -> dict[str, str]:

@@ -19,7 +19,8 @@ DPI = 100
 WIDTH_IN = 15.0
 # Height of each figure without its legend, in inches; the legend adds LEGEND_ROW_IN per row.
 HEIGHTS_IN = {"curves": 4.5, "activations": 8.0, "norm_params": 4.5, "bn_gap": 4.5, "batch_size": 4.5,
-              "gradients": 4.5, "science": 3.6, "signal": 4.5, "depth": 4.5}
+              "gradients": 4.5, "science": 3.6, "signal": 4.5, "depth": 4.5, "search_objective": 4.5,
+              "search_history": 4.5}
 FIGURE_WIDTH_PX = round(WIDTH_IN * DPI)
 BASE_HEIGHT_PX = {name: round(h * DPI) for name, h in HEIGHTS_IN.items()}
 LEGEND_ROW_IN, LEGEND_PAD_IN = 0.24, 0.3
@@ -77,15 +78,51 @@ def epoch_series(cell: Cell, key: str, minus: Optional[str] = None) -> Band:
                        if number(e, key) and number(e, minus)} for r in cell.runs])
 
 
-def _draw(ax, series: Band, cell: Cell, markers: bool = False, **extra: Any) -> None:
+def _draw(ax, series: Band, cell: Cell, **extra: Any) -> None:
+    """A cell's mean line (markers on at most ~10 points, staggered between cells so equal curves
+    do not stack them) and its ±1 std band."""
     if not series.x:
         return
-    few = markers or len(series.x) <= 25
-    ax.plot(series.x, series.mean, marker="o" if few else None, markersize=3.5, **cell.line(**extra))
+    ax.plot(series.x, series.mean, markevery=_markevery(len(series.x), cell), **cell.line(**extra))
     if series.banded:
-        lo = [m - s for m, s in zip(series.mean, series.std)]
-        hi = [m + s for m, s in zip(series.mean, series.std)]
-        ax.fill_between(series.x, lo, hi, color=cell.color, alpha=0.18, linewidth=0)
+        _band_fill(ax, series.x, [m - s for m, s in zip(series.mean, series.std)],
+                   [m + s for m, s in zip(series.mean, series.std)], cell)
+
+
+MARKS_PER_LINE = 10
+BAND_ALPHA = 0.08  # faint fill: several overlapping bands stay readable; their edges say where each ends
+BAND_EDGE_ALPHA = 0.55
+
+
+def _markevery(points: int, cell: Cell) -> Any:
+    """Every point when there are few; else about MARKS_PER_LINE, starting at an offset that differs
+    between cells."""
+    if points <= MARKS_PER_LINE * 2:
+        return None
+    every = points // MARKS_PER_LINE
+    from bnexp.views.report.cells import MARKERS
+
+    return (MARKERS.index(cell.marker) * every // len(MARKERS) if cell.marker in MARKERS else 0, every)
+
+
+def _band_fill(ax, x: list, lo: list, hi: list, cell: Cell) -> None:
+    """A ±1 std band: a faint fill edged by thin lines in the cell's colour and line style, so
+    overlapping bands of several cells stay apart instead of mixing into one grey."""
+    from matplotlib.colors import to_rgba
+
+    ax.fill_between(x, lo, hi, facecolor=to_rgba(cell.color, BAND_ALPHA), edgecolor=to_rgba(cell.color,
+                    BAND_EDGE_ALPHA), linewidth=0.7, linestyle=cell.style, zorder=1.5)
+
+
+def _missing_note(ax, missing: list[Cell], why: str = "no data") -> None:
+    """Say under a panel which cells of the legend it does not draw (a panel must never silently
+    drop a series the legend promises)."""
+    if not missing:
+        return
+    names = ", ".join(legend_text(c.label) for c in missing[:4]) + (f" and {len(missing) - 4} more"
+                                                                      if len(missing) > 4 else "")
+    room = int(FIGURE_WIDTH_PX / max(len(ax.figure.axes), 1) / 7)
+    ax.set_xlabel(ax.get_xlabel() + "\n" + textwrap.fill(f"not drawn ({why}): {names}", room), color="#8a2b00")
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -158,46 +195,61 @@ def _integer_axis(ax, xs: Iterable[float]) -> None:
 
 
 def plot_curves(cells: list[Cell], path: Path) -> Path:
-    """Validation accuracy and loss per epoch, training loss per step; mean ± std over seeds."""
+    """Validation accuracy and loss per epoch, training loss per step (per example seen when the
+    cells' batch sizes differ: a step of 256 examples is not a step of 16); mean ± std over seeds."""
     fig, axes = _cells_figure("curves", cells, 1, 3)
     (ax_acc, ax_loss, ax_train) = axes[0]
     for ax, key, title in ((ax_acc, "val_acc", "validation accuracy"), (ax_loss, "val_loss", "validation loss")):
         xs: list[float] = []
+        missing = []
         for cell in cells:
             series = epoch_series(cell, key)
             _draw(ax, series, cell)
             xs += series.x
+            if not series.x:
+                missing.append(cell)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         _integer_axis(ax, xs)
         ax.grid(alpha=0.3)
         if not xs:
             _empty(ax, "no epoch records")
+        else:
+            _missing_note(ax, missing, "no epoch records")
+    per_example = len({_batch_size(r) for c in cells for r in c.runs}) > 1
     steps: list[float] = []
     smoothed = 1
+    missing = []
     for cell in cells:
-        series = aggregate([{t["step"]: t["loss"] for t in r.train if isinstance(t.get("loss"), (int, float))}
-                            for r in cell.runs])
+        series = aggregate([{t["step"] * ((_batch_size(r) or 1) if per_example else 1): t["loss"] for t in r.train
+                             if isinstance(t.get("loss"), (int, float))} for r in cell.runs])
         if not series.x:
+            missing.append(cell)
             continue
         window = max(1, len(series.x) // 60)
         smoothed = max(smoothed, window)
         mean, std = _moving_average(series.mean, window), _moving_average(series.std, window)
-        ax_train.plot(series.x, mean, **cell.line())
+        ax_train.plot(series.x, mean, markevery=_markevery(len(series.x), cell), **cell.line())
         if series.banded:  # a log axis: the band's lower edge is kept above zero
-            ax_train.fill_between(series.x, [max(m - s, m * 1e-3) for m, s in zip(mean, std)],
-                                  [m + s for m, s in zip(mean, std)], color=cell.color, alpha=0.18, linewidth=0)
+            _band_fill(ax_train, series.x, [max(m - s, m * 1e-3) for m, s in zip(mean, std)],
+                       [m + s for m, s in zip(mean, std)], cell)
         steps += series.x
     ax_train.set_title("training loss" + (f" (moving average of {smoothed} logged windows)" if smoothed > 1 else ""))
-    ax_train.set_xlabel("step")
+    ax_train.set_xlabel("examples seen (step × batch size)" if per_example else "step")
     _integer_axis(ax_train, steps)
     ax_train.grid(alpha=0.3)
     if steps:
         ax_train.set_yscale("log")
+        _missing_note(ax_train, missing, "no training records")
     else:
         _empty(ax_train, "no training records")
     _cells_legend(fig, cells)
     return _save(fig, path)
+
+
+def _batch_size(run: RunData) -> Optional[int]:
+    value = run.config.get("batch_size", run.summary.get("batch_size"))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _moving_average(values, window: int) -> list[float]:
@@ -364,10 +416,13 @@ def plot_bn_gap(cells: list[Cell], path: Path) -> Path:
     fig, axes = _cells_figure("bn_gap", cells, 1, 2, sharey=True)
     for ax, (key, title) in zip(axes[0], GAPS):
         xs: list[float] = []
+        missing = []
         for cell in cells:
             series = epoch_series(cell, key, minus="val_acc")
             _draw(ax, series, cell)
             xs += series.x
+            if not series.x:
+                missing.append(cell)
         ax.axhline(0.0, color="#555555", linewidth=0.8)
         ax.set_title(f"val accuracy: {title}", fontsize="medium")
         ax.set_xlabel("epoch")
@@ -376,6 +431,8 @@ def plot_bn_gap(cells: list[Cell], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if not xs:
             _empty(ax, "not recorded (recalibrate_batches=0?)" if key == "val_acc_recalibrated" else "not recorded")
+        else:
+            _missing_note(ax, missing, "not recorded")
     _cells_legend(fig, cells)
     return _save(fig, path)
 
@@ -393,30 +450,35 @@ def plot_gradients(cells: list[Cell], path: Path) -> Path:
     sites: set[str] = set()
     for ax, (key, title, scale) in zip(axes[0], GRADIENT_PANELS):
         steps: list[float] = []
+        missing, unnormalized = [], []
         for cell in cells:
             last = _sites(cell.runs[0].grads)[-1]
             sites.add(last)
             if key == "effective_lr" and cell.norm == "none":
-                continue  # lr/‖W‖² is an effective step only for a scale-invariant (normalized) layer
+                unnormalized.append(cell)  # lr/‖W‖² is an effective step only for a scale-invariant layer
+                continue
             series = aggregate([{g["step"]: g[key] for g in r.grads if g.get("site") == last
                                  and isinstance(g.get(key), (int, float)) and g[key] > 0} for r in cell.runs])
             if series.x:
-                ax.plot(series.x, series.mean, **cell.line())
+                ax.plot(series.x, series.mean, markevery=_markevery(len(series.x), cell), **cell.line())
                 if series.banded:
-                    ax.fill_between(series.x, [max(m - s, m * 1e-3) for m, s in zip(series.mean, series.std)],
-                                    [m + s for m, s in zip(series.mean, series.std)], color=cell.color, alpha=0.18,
-                                    linewidth=0)
+                    _band_fill(ax, series.x, [max(m - s, m * 1e-3) for m, s in zip(series.mean, series.std)],
+                               [m + s for m, s in zip(series.mean, series.std)], cell)
                 steps += series.x
+            else:
+                missing.append(cell)
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("step")
         _integer_axis(ax, steps)
         ax.grid(alpha=0.3)
         if steps:
             ax.set_yscale(scale)
-        elif key == "effective_lr" and all(c.norm == "none" for c in cells):
+            _missing_note(ax, unnormalized, "no norm layer, so lr/‖W‖² is no effective step")
+            _missing_note(ax, missing, f"no {key} records")
+        elif unnormalized and not missing:
             _empty(ax, "no BN in these runs: lr/‖W‖² is an\neffective step only behind a norm layer")
         else:
-            _empty(ax, "not recorded")
+            _empty(ax, f"not recorded: no {key} records in these runs\n(hist_every_steps=0, or an older bnexp)")
     where = sorted(sites)[0] if len(sites) == 1 else "the last norm site"
     fig.suptitle(f"the layer before {where}", fontsize="medium")
     _cells_legend(fig, cells)
@@ -459,7 +521,7 @@ def plot_batch_size(cells: list[Cell], keys: list[str], path: Path) -> Path:
               ("val_acc_batch_stats", "val_acc", "train/eval gap: val acc with batch statistics − running"))
     handles = []
     for j, line in enumerate(lines):
-        style = {**line.cells[0].line(), "label": labels[j], "marker": "o", "markersize": 4}
+        style = {**line.cells[0].line(), "label": labels[j]}
         handles.append(Line2D([], [], **style))
         style.pop("label")
         for ax, (key, minus, _) in zip(axes[0], panels):

@@ -11,7 +11,7 @@ from bnexp.core.errors import BnexpError
 from bnexp.store.catalog import resolve_all
 from bnexp.store.registry import default_root
 from bnexp.store.safeio import UnreadableFile, write_atomic
-from bnexp.views.report.cells import Cell, make_cells
+from bnexp.views.report.cells import Cell, label_keys, make_cells
 from bnexp.views.report.figures import (
     gap_cells,
     plot_activations,
@@ -24,6 +24,7 @@ from bnexp.views.report.figures import (
 from bnexp.views.report.load import RunData, _final, load_run
 from bnexp.views.report.science import CAPTIONS as SCIENCE_CAPTIONS
 from bnexp.views.report.science import has_science, plot_depth, plot_science, plot_signal, science_table
+from bnexp.views.report.search import find_search, plot_search_history, plot_search_objective
 from bnexp.views.report.tables import (
     AGREE_ACC,
     CONVERGED_FRACTION,
@@ -89,7 +90,11 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: Optional[str] = Non
     with_grads = [c for c in cells if c.runs[0].grads]
     if with_grads:
         written["gradients"] = plot_gradients(with_grads, out_dir / "gradients.png")
-    if "batch_size" in keys:
+    search = find_search(runs)
+    if search is not None:  # trials are points in a space: objective vs parameter, and the search's history
+        written["search_objective"] = plot_search_objective(search, out_dir / "search_objective.png")
+        written["search_history"] = plot_search_history(search, out_dir / "search_history.png")
+    elif "batch_size" in keys:
         written["batch_size"] = plot_batch_size(cells, keys, out_dir / "batch_size.png")
     if "model.depth" in keys:
         written["depth"] = plot_depth(cells, keys, out_dir / "depth.png")
@@ -122,8 +127,10 @@ def _rel(path: Path, start: Path) -> str:
 CAPTIONS = {
     "curves": ("Training curves", "Validation accuracy and loss after each epoch, and training loss per logged "
                "window; one line per cell (runs that differ only by seed), the mean over its seeds with a band of "
-               "±1 standard deviation. When the norm varies, colour = norm (grey none, orange custom, blue builtin; "
-               "builtin drawn wide and pale under custom, so equal curves show as one line with a halo)."),
+               "±1 standard deviation (a faint fill with edges). When the norm varies, colour = norm (grey none, orange "
+               "custom, blue builtin); every line has its own style and marker, and custom is drawn dashed above "
+               "a wide pale builtin, so equal curves stay both visible. When batch sizes differ, training loss "
+               "is drawn against examples seen (step × batch size)."),
     "activations": ("Activation distribution over training", "Top: the 15th, 50th and 85th percentiles of unit 0 "
                     "of the last norm site's output (the input of its activation, e.g. the sigmoid), recorded every "
                     "`hist_every_steps` steps — without BN vs with BN, as in Ioffe & Szegedy (2015) Figure 1(b, c); "
@@ -144,32 +151,92 @@ CAPTIONS = {
                   "`grad_norm/<site>`, ...)."),
     "batch_size": ("Batch size", "Final validation accuracy, and the gap between validation with batch and with "
                    "running statistics, against the batch size (log scale): mean ± std over seeds per setting."),
+    "search_objective": ("Objective vs searched parameters", "The search's objective (the sweep's `--metric`) "
+                         "of every finished trial against each parameter Optuna searched; colour = trial number "
+                         "(where the sampler went over time), the star the best trial."),
+    "search_history": ("Search history", "Each trial's objective in the order the trials ran, and the best value "
+                       "found so far (a step line): whether more trials still help."),
     **SCIENCE_CAPTIONS,
 }
+
+
+# Keys "What ran" states, in this order (from each run's config.yaml)
+RAN_KEYS = ("model.name", "model.hidden_sizes", "model.channels", "model.depth", "model.activation", "norm.kind",
+            "norm.ghost_batch_size", "norm.sync", "dataset.name", "dataset.path", "dataset.limit_train",
+            "dataset.limit_val", "optimizer.name", "optimizer.lr", "optimizer.momentum", "batch_size", "epochs",
+            "max_steps")
+
+
+def what_ran(runs: list[RunData]) -> str:
+    """One sentence read from the runs' own configs and records (never from a preset's prose): the
+    settings they share, those that vary, and how long they actually trained."""
+    shared, varying = [], []
+    for key in RAN_KEYS:
+        values = {repr(r.config.get(key)) for r in runs if key in r.config}
+        if not values:
+            continue
+        if len(values) == 1 and all(key in r.config for r in runs):
+            value = next(r.config[key] for r in runs)
+            if not (value is None or value is False or value in ("", [])):
+                shared.append(f"`{key}={value}`")
+        else:
+            varying.append(f"`{key}`")
+    trained = []
+    for name in ("epoch", "step"):
+        done = sorted({v for v in (_final(r, name) for r in runs) if isinstance(v, int)})
+        if done:
+            trained.append(f"{done[0]}" + (f"–{done[-1]}" if done[-1] != done[0] else "") + f" {name}s")
+    text = "What ran (from the runs' config.yaml and run.json): " + (", ".join(shared) or "—")
+    if varying:
+        text += "; varying: " + ", ".join(varying)
+    if trained:
+        text += "; trained " + " / ".join(trained)
+    return text + "."
+
+
+# Overrides that leave a preset's description true: which norm, the seed, and where/how a run is recorded
+KEEPS_DESCRIPTION = ("experiment", "norm", "seed")
+
+
+def preset_lines(runs: list[RunData]) -> list[str]:
+    """A preset's description, quoted only when no run overrode what it describes (its epochs,
+    dataset, model...); otherwise the preset is named with the overrides that make its prose wrong."""
+    from bnexp.core.keys import override_key
+    from bnexp.core.vocab import is_plumbing
+
+    descriptions = sorted({str(r.config.get("description") or "").strip() for r in runs} - {""})
+    if len(descriptions) != 1:
+        return []
+    presets = sorted({str(r.summary.get("experiment")) for r in runs if r.summary.get("experiment")})
+    name = f"`experiment={presets[0]}`" if len(presets) == 1 else "the preset"
+    changed = list(dict.fromkeys(o for r in runs for o in r.overrides
+                                 if override_key(o).lstrip("+~") not in KEEPS_DESCRIPTION
+                                 and not is_plumbing(override_key(o).lstrip("+~"))))
+    if not changed:
+        return ["", f"Description of {name}:", "", f"> {descriptions[0]}"]
+    shown = ", ".join(f"`{o}`" for o in changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    return ["", f"The description of {name} is not quoted: these runs override what it describes ({shown}); "
+                "what actually ran is stated above."]
 
 
 def render_markdown(runs: list[RunData], cells: list[Cell], keys: list[str], out_dir: Path,
                     figures: dict[str, Path], title: Optional[str], sources: Optional[list[str]]) -> str:
     best = [r for r in (_final(run, "best_val_acc") for run in runs) if isinstance(r, (int, float))]
     target = CONVERGED_FRACTION * max(best) if best else None
-    first = runs[0]
-    common = {k: first.config.get(k) for k in ("model.name", "norm.kind", "dataset.name", "optimizer.name",
-                                               "optimizer.lr", "batch_size", "epochs", "max_steps")
-              if k in first.config and k not in keys}
     lines = [f"# {title or 'bnexp report'}", ""]
     lines.append(f"{len(runs)} run(s) in {len(cells)} cell(s)"
                  + (f" from {', '.join(f'`{s}`' for s in sources)}" if sources else "")
                  + f", written {time.strftime('%Y-%m-%d %H:%M')}.")
-    if common:
-        lines += ["", "Shared settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()) + "."]
     if keys:
         lines += ["", "Settings that differ between cells: " + ", ".join(f"`{k}`" for k in keys) + "."]
-    descriptions = sorted({str(r.config.get("description") or "").strip() for r in runs} - {""})
-    if len(descriptions) == 1:
-        lines += ["", f"> {descriptions[0]}"]
+    lines += ["", what_ran(runs)]
+    lines += preset_lines(runs)
     lines += ["", "## Labels", "", "A *cell* is the runs that differ only by `seed`; figures draw one line per cell "
               "(mean over seeds, ±1 std band) and name it by the settings that differ between cells.", "",
               _markdown_table(labels_table(cells, keys))]
+    if len(label_keys(cells, keys)) < len(keys):
+        lines += ["", "Labels name the fewest settings that tell the cells apart; *settings* lists every setting "
+                  "that differs."]
     lines += ["", "## Final metrics", "", _markdown_table(metrics_table(runs, target))]
     if target is not None:
         lines += ["", f"*epochs to target*: first epoch whose validation accuracy reached {target:.4f} "
