@@ -44,7 +44,7 @@ def recalibrate(
     finally:
         opened.close()
     _print_table(run_dir.name, rows)
-    typer.echo(f"saved {saved} ({run_dir / 'checkpoint.pt'} unchanged)")
+    typer.echo(f"saved {saved} (checkpoint.pt beside it is unchanged)")
 
 
 def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[str, float, float]], Path]:
@@ -90,20 +90,17 @@ def _recalibrate_run(run_dir: Path, batches: Optional[int]) -> tuple[list[tuple[
 
 
 def _print_table(run_id: str, rows: list[tuple[str, float, float]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The same fitted table as every other command's (bnexp.views.terminal)."""
+    from bnexp.commands._shared import show
     from bnexp.core.vocab import fmt_number
+    from bnexp.views.terminal import Column, FittedTable
 
-    table = Table(title=f"run {run_id}: validation by BN statistics", title_justify="left")
-    table.add_column("statistics", overflow="fold")
-    for name in ("val loss", "val acc", "Δ acc"):
-        table.add_column(name, justify="right", no_wrap=True)
     base = rows[0][2]
-    for name, loss, acc in rows:
-        delta = "" if name == rows[0][0] else f"{acc - base:+.4f}"
-        table.add_row(name, fmt_number(loss), f"{acc:.4f}", delta)
-    Console().print(table)
+    cells = [[name, fmt_number(loss), f"{acc:.4f}", "" if i == 0 else f"{acc - base:+.4f}"]
+             for i, (name, loss, acc) in enumerate(rows)]
+    columns = [Column("statistics", wrap=True), Column("val loss", "right"), Column("val acc", "right"),
+               Column("Δ acc", "right")]
+    show(FittedTable(columns, cells, title=f"run {run_id}: validation by BN statistics"))
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,7 @@ def runs_table(records: list, title: str, wide: bool = False):
     start time (the id holds it too) gives way first, then the overrides (``show RUN`` has them
     all), tags, data and duration. Rendering, not reading, is what thousands of rows cost: cells
     are plain strings, laid out in one pass."""
-    from bnexp.core.vocab import fmt_number, fmt_seconds
+    from bnexp.core.vocab import fmt_number, fmt_seconds, norm_label
     from bnexp.store.registry import key_overrides, tags_of
     from bnexp.views.terminal import Column, FittedTable
 
@@ -48,7 +48,7 @@ def runs_table(records: list, title: str, wide: bool = False):
                Column("time", "right", priority=1)]
     rows = []
     for r in records:
-        rows.append([r.id, _started(r), f"{r.model}/{r.norm}/{r.dataset}",
+        rows.append([r.id, _started(r), f"{r.model}/{norm_label(r.norm, r.overrides)}/{r.dataset}",
                      *([" ".join(tags_of(r))] if tagged else []), " ".join(key_overrides(r.overrides)),
                      status_cell(r.status), fmt_number(r.metric("best_val_acc")),
                      fmt_seconds(r.duration_s) if r.status != "unreadable" else "-"])

@@ -27,22 +27,34 @@ OTHER_METRICS = ("best_epoch", "epoch", "step", "lr", "examples_per_s", "mean_ex
 
 def run_rows(record) -> list[tuple[str, object]]:
     """What the run is, how it ended, what it is called: the top of ``show``."""
-    from bnexp.core.vocab import fmt_seconds
+    from bnexp.core.vocab import fmt_seconds, norm_label
     from bnexp.store.registry import tags_of
 
     data = record.dataset if not record.dataset_path else f"{record.dataset} ({record.dataset_path})"
     device = f"{record.device} x {record.nproc} processes" if record.nproc > 1 else record.device
-    return [("status", status_cell(record.status)), ("message", record.message), ("name", record.name),
+    return [("status", status_cell(record.status)), ("message", _without_command(record.message)),
+            ("name", record.name),
             ("tags", " ".join(tags_of(record)) or None), ("note", record.extra.get("note")),
             ("experiment", record.experiment),
             ("started / ended", f"{record.started or '-'} / {record.ended or '-'}"),
             ("duration", fmt_seconds(record.duration_s)),
-            ("model / norm", f"{record.model} / {record.norm}"), ("dataset", data),
+            ("model / norm", f"{record.model} / {norm_label(record.norm, record.overrides)}"), ("dataset", data),
             ("optimizer", f"{record.optimizer} lr={record.lr} batch_size={record.batch_size} "
                           f"epochs={record.epochs}" + (f" max_steps={record.max_steps}" if record.max_steps else "")
                           + f" seed={record.seed}"),
             ("device", device),
             ("sweep", record.sweep), ("labels", record.extra.get("labels_error"))]
+
+
+def _without_command(message):
+    """A run's message without the command it may end with (``...; continue with: bnexp train
+    resume=PATH``): ``show`` prints that command below, whole, with the run's id."""
+    from bnexp.core.errors import split_command
+
+    if not message:
+        return message
+    prose, command = split_command(message)
+    return prose.rsplit("; ", 1)[0] if command else message
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -76,7 +88,7 @@ def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
     from bnexp.store.catalog import sweep_of
     from bnexp.store.files import CHECKPOINT_FILE, CONFIG_FILE, UnreadableFile, read_text
     from bnexp.store.registry import load_record, run_config, with_labels
-    from bnexp.views.terminal import key_values
+    from bnexp.views.terminal import key_values, print_command
 
     record = with_labels(load_record(run_dir), run_dir)
     record.sweep = sweep_of(run_dir)
@@ -113,7 +125,7 @@ def _show_run(run_dir: Path, as_json: bool, wide: bool, curves: bool) -> None:
     elif config_error and (run_dir / CONFIG_FILE).exists():
         problem("config unreadable", run_dir.name, config_error)
     if record.status in RESUMABLE and CHECKPOINT_FILE in files:
-        out.print(f"continue it with: bnexp train resume={record.id}")
+        print_command(out, "continue it with:", f"bnexp train resume={record.id}")
     if curves:
         from bnexp.commands.curves import print_curves
 

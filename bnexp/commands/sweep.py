@@ -92,6 +92,7 @@ def sweep(
     from bnexp.store.registry import read_sweep
     from bnexp.store.sweeps import job_rows
     from bnexp.views.sweep_table import sweep_table
+    from bnexp.views.terminal import print_command
 
     overrides = list(overrides or [])
     earlier = study or resume
@@ -140,8 +141,7 @@ def sweep(
             rows = sweeps.run(session)
     except KeyboardInterrupt:
         console.print(sweep_table(read_sweep(sweep_dir), job_rows(sweep_dir), p.metric))
-        console.print(f"[yellow]interrupted[/yellow]; continue with: bnexp sweep --resume {sweep_dir.name}",
-                      highlight=False)
+        print_command(console, "interrupted; continue with:", f"bnexp sweep --resume {sweep_dir.name}")
         raise typer.Exit(130)
     summary = read_sweep(sweep_dir)
     console.print(sweep_table(summary, rows, p.metric))

@@ -55,12 +55,12 @@ def print_summary(record) -> None:
     throughput collapsed during the run."""
     from rich.console import Console
 
-    from bnexp.core.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds
+    from bnexp.core.vocab import STATUS_STYLE, fmt_number, fmt_rate, fmt_seconds, norm_label
     from bnexp.views.terminal import key_values
 
     m = record.metrics
     rows = [("status", (record.status, STATUS_STYLE.get(record.status, "red"))),
-            ("model / norm / data", f"{record.model} / {record.norm} / {record.dataset}"),
+            ("model / norm / data", f"{record.model} / {norm_label(record.norm, record.overrides)} / {record.dataset}"),
             ("name", record.name), ("experiment", record.experiment),
             ("epochs / steps", f"{m.get('epoch', 0)} / {m.get('step', 0)}")]
     if "train_loss" in m:
@@ -76,10 +76,11 @@ def print_summary(record) -> None:
                                   + (f"\n{record.repro['norm_sync']}" if record.repro.get("norm_sync") else "")))
     if record.compile_s:
         rows.append(("BN compile", f"{record.compile_s:.1f} s (one-off)"))
-    rows += [("time", fmt_seconds(record.duration_s)), ("run dir", str(record.dir)),
-             ("next", f"bnexp show {record.id} --curves\nbnexp tensorboard {record.id}")]
+    rows += [("time", fmt_seconds(record.duration_s)), ("run dir", str(record.dir))]
     console = Console(highlight=False)
     console.print(key_values(rows, title=f"run {record.id}"))
+    for command in (f"bnexp show {record.id} --curves", f"bnexp tensorboard {record.id}"):
+        console.print(f"next: {command}", markup=False, soft_wrap=True)  # whole: never broken inside a command
     hint = throughput_hint(record)
     if hint:
         console.print(hint, style="yellow", markup=False)
@@ -110,14 +111,14 @@ def throughput_hint(record) -> Optional[str]:
 
 
 class ResumeNotice(Callback):
-    """Says where a continued run restarts, before its first step (stderr, beside the progress)."""
+    """Says where a continued run restarts, before its first step, when no progress bar does (-q)."""
 
     def on_start(self, loop):
         from rich.console import Console
 
-        Console(stderr=True, highlight=False).print(
-            f"resuming {loop.run.path.name} at epoch {loop.progress.epoch + 1}, step {loop.progress.step}",
-            markup=False)
+        from bnexp.tracking.listeners import resume_text
+
+        Console(stderr=True, highlight=False).print(resume_text(loop), markup=False)
 
 
 def resume_config(overrides: list[str], cfg):
@@ -157,7 +158,7 @@ def train(
 
     with sigterm_as_interrupt():
         record = run_training(cfg, overrides, resume=resume_dir, progress=not quiet,
-                              callbacks=[ResumeNotice()] if resume_dir else [])
+                              callbacks=[ResumeNotice()] if resume_dir and quiet else [])
     if record is not None:  # None: a rank other than 0 of a run started by hand with torchrun
         print_summary(record)
 

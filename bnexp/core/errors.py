@@ -67,11 +67,48 @@ def write_failure(exc: BaseException, directory: Path) -> str:
 
 
 def error_line(message: str, prefix: str = "error") -> None:
-    """Print one red ``error:`` line to stderr (Rich markup in the message is not interpreted)."""
+    """Print one red ``error:`` line to stderr (Rich markup in the message is not interpreted).
+
+    Into a pipe or a log it stays one line. On a terminal it breaks between words at the
+    terminal's width, and a command it ends with (``...; continue with: bnexp train resume=RUN``)
+    goes on a line of its own, whole, so it is never broken inside a word and copies in one piece."""
     from rich.console import Console
     from rich.text import Text
 
     from bnexp.core.text import escape
 
     style = "bold yellow" if prefix != "error" else "bold red"
-    Console(stderr=True, soft_wrap=True).print(Text(f"{prefix}: ", style=style) + Text(escape(" ".join(message.split()))))
+    text = escape(" ".join(message.split()))
+    console = Console(stderr=True, soft_wrap=True)
+    prose, command = split_command(text) if console.is_terminal else (text, None)
+    console.print(Text(f"{prefix}: ", style=style) + Text(prose), soft_wrap=not console.is_terminal)
+    if command is not None:
+        console.print("  " + " ".join(_shorter_path(word) for word in command.split()), markup=False,
+                      highlight=False)
+
+
+COMMAND_START = ": bnexp "  # "continue with: bnexp ...", "continue it with: bnexp ..."
+
+
+def split_command(message: str) -> tuple[str, str | None]:
+    """``("...; continue with:", "bnexp train resume=RUN")`` for a message that ends with a command."""
+    at = message.rfind(COMMAND_START)
+    if at < 0 or "; " in message[at:]:
+        return message, None
+    return message[:at + 1], message[at + 2:]
+
+
+def _shorter_path(word: str) -> str:
+    """``resume=/abs/path/run`` -> ``resume=outputs/runs/run`` when the path from the working
+    directory is shorter (a short command fits a terminal line)."""
+    import os
+
+    key, _, path = word.rpartition("=")
+    if not os.path.isabs(path) or not os.path.exists(path):
+        return word
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return word
+    return f"{key}={relative}" if key and len(relative) < len(path) else word
+

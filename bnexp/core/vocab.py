@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bnexp.core.keys import override_key
+from bnexp.core.keys import override_key, override_value
 
 # Final metrics a run records in run.json, in the order tables show them.
 METRICS = ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss",
@@ -35,6 +35,19 @@ RESUMABLE = ("interrupted", "failed", "dead")
 PLUMBING_KEYS = ("output_dir", "resume", "name", "description", "threads", "checkpoint", "log_every_steps",
                  "hist_every_steps", "log_channels", "device", "recalibrate_batches", "logger",
                  "node_rank", "rdzv_endpoint", "rdzv_timeout")
+
+
+def norm_label(norm, overrides) -> str:
+    """The norm as tables show it, with the settings that change what it computes: ``custom``,
+    ``custom(ghost=32,sync)`` (read from the run's overrides: ghost batches and cross-process
+    statistics are set there, no preset sets them)."""
+    options = []
+    ghost = override_value(overrides, "norm.ghost_batch_size")
+    if ghost not in (None, "null", "None"):
+        options.append(f"ghost={ghost}")
+    if str(override_value(overrides, "norm.sync")).lower() in ("true", "1", "yes"):
+        options.append("sync")
+    return f"{norm}({','.join(options)})" if options else str(norm)
 
 
 def is_plumbing(key: str) -> bool:

@@ -123,7 +123,7 @@ def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resum
     # listeners end in reverse: the probes first, then Publishing (the sinks' final metrics, close)
     listeners += [Publishing(out), Telemetry(cfg, module, out), *diagnostics(cfg, module, out)]
     if progress:
-        listeners.append(ProgressBar())
+        listeners.append(ProgressBar(resumed=resumed))
     return listeners
 
 

@@ -71,10 +71,16 @@ class Checkpointer(Callback):
         save_checkpoint(self.path, loop.module, loop.optimizer, loop.scheduler, loop.progress, self.config)
 
 
-class ProgressBar(Callback):
-    """Rich progress with live loss/accuracy on stderr, and one line per finished epoch."""
+def resume_text(loop) -> str:
+    """Where a continued run restarts."""
+    return f"resuming {loop.run.path.name} at epoch {loop.progress.epoch + 1}, step {loop.progress.step}"
 
-    def __init__(self):
+
+class ProgressBar(Callback):
+    """Rich progress with live loss/accuracy on stderr, and one line per finished epoch. A continued
+    run (``resumed``) says where it restarts on a line of its own, before the bar appears."""
+
+    def __init__(self, resumed: bool = False):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -93,8 +99,11 @@ class ProgressBar(Callback):
         )
         self.stack = contextlib.ExitStack()
         self.task = None
+        self.resumed = resumed
 
     def on_start(self, loop):
+        if self.resumed and loop.run is not None:  # through the bar's console, before it draws
+            self.console.print(resume_text(loop), markup=False, highlight=False)
         self.stack.enter_context(self.progress)
         self.task = self.progress.add_task("train", total=loop.total_steps, completed=loop.progress.step, stats="")
 

@@ -231,11 +231,24 @@ def key_values(rows: Iterable[tuple[str, object]], title: Optional[str] = None, 
                        [[(k, "bold"), v] for k, v in shown], title=title, wide=wide, show_header=False)
 
 
+def print_command(console, lead: str, command: str, style: Optional[str] = None) -> None:
+    """``lead command`` on one line when it fits the console, else the command on a line of its
+    own; a command is never folded, so it is never broken inside a word and copies in one piece."""
+    from rich.text import Text
+
+    if cell_len(lead) + 1 + cell_len(command) <= console.width:
+        console.print(Text(lead, style=style or "") + Text(" " + command), soft_wrap=True)
+    else:
+        console.print(Text(lead, style=style or ""))
+        console.print(Text("  " + command), soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Plots made of characters
 
-MARKERS = "*o+x#@%&=$" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MARKERS = "*o+x@%&=$" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TRACE = "·"
+OVERLAP = "#"  # two or more series at one point: no marker hides another
 
 
 @dataclass
@@ -280,8 +293,8 @@ def line_plot(series: Sequence[Series], width: int, height: int = 12, *, title: 
     def row(y: float) -> int:
         return round((high - y) / (high - low) * (height - 1))
 
+    owners: dict[tuple[int, int], set[int]] = {}  # which series put a marker in each cell
     for number, p in enumerate(points):
-        marker = MARKERS[number % len(MARKERS)]
         cells = _per_column(p, column, row)
         for (c0, r0), (c1, r1) in zip(cells, cells[1:]):  # dots between consecutive points
             for c in range(c0 + 1, c1):
@@ -289,14 +302,24 @@ def line_plot(series: Sequence[Series], width: int, height: int = 12, *, title: 
                 if grid[r][c] == " ":
                     grid[r][c] = TRACE
         for c, r in cells:
-            grid[r][c] = marker
+            owners.setdefault((r, c), set()).add(number)
+    for (r, c), numbers in owners.items():
+        grid[r][c] = OVERLAP if len(numbers) > 1 else MARKERS[min(numbers) % len(MARKERS)]
+    shared = sorted({n for numbers in owners.values() if len(numbers) > 1 for n in numbers})
     lines = [title]
     for r in range(height):
         label = labels[tick_rows.index(r)] if r in tick_rows else ""
         lines.append(f"{label:>{label_width}} {'┤' if label else '│'}{''.join(grid[r])}".rstrip())
     lines.append(" " * label_width + " └" + "─" * plot_width)
     lines.append(" " * (label_width + 2) + _x_ticks(x_low, x_high, plot_width, x_label, column))
-    items = [f"{MARKERS[i % len(MARKERS)]} {s.label}" for i, s in enumerate(series)] + (["(log scale)"] if log else [])
+    items = [f"{MARKERS[i % len(MARKERS)]} {s.label}" for i, s in enumerate(series)]
+    if shared:  # say which markers a # stands for, and which series is drawn only as # (equal curves)
+        alone = {n for numbers in owners.values() if len(numbers) == 1 for n in numbers}
+        covered = [MARKERS[n % len(MARKERS)] for n in shared if n not in alone]
+        items.append(f"{OVERLAP} {' '.join(MARKERS[n % len(MARKERS)] for n in shared)} overlap there"
+                     + (f" ({' and '.join(covered)} at every point: equal curves)" if covered else ""))
+    if log:
+        items.append("(log scale)")
     return lines + _packed(items, width)
 
 
