@@ -358,7 +358,7 @@ def plot_activations(cells: list[Cell], path: Path) -> Path:
         axes[1][-1].legend(handles=list(site_handles.values()), title="norm site (median; band 15–85th)",
                            loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small",
                            title_fontsize="small", frameon=False)
-    _cells_legend(fig, shown, linewidth=1.4, alpha=0.95)
+    _cells_legend(fig, shown, linewidth=1.4, alpha=0.95, marker="")  # the bands are drawn without markers
     return _save(fig, path)
 
 
@@ -400,7 +400,7 @@ def plot_norm_params(cells: list[Cell], path: Path) -> Path:
         ax.set_xticks(range(len(sites)), sites)
         ax.set_xlim(-0.6, len(sites) - 0.4)
         ax.axhline(1.0 if name == "gamma" else 0.0, color="#999999", linewidth=0.8, linestyle=":")
-    _cells_legend(fig, with_params, linewidth=6, alpha=0.55)
+    _cells_legend(fig, with_params, linewidth=6, alpha=0.55, marker="")
     return _save(fig, path)
 
 
