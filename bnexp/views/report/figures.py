@@ -11,7 +11,16 @@ from typing import Any, Iterable, Optional
 from bnexp.store.files import (
     write_atomic,
 )
-from bnexp.views.report.cells import NORM_ORDER, NORM_TITLES, Cell, _value_order, _value_text, legend_text, short_names
+from bnexp.views.report.cells import (
+    MARKERS,
+    NORM_ORDER,
+    NORM_TITLES,
+    Cell,
+    _value_order,
+    _value_text,
+    legend_text,
+    short_names,
+)
 from bnexp.views.report.load import RunData, _final, _sites
 from bnexp.views.stats import summarize
 
@@ -100,8 +109,6 @@ def _markevery(points: int, cell: Cell) -> Any:
     if points <= MARKS_PER_LINE * 2:
         return None
     every = points // MARKS_PER_LINE
-    from bnexp.views.report.cells import MARKERS
-
     return (MARKERS.index(cell.marker) * every // len(MARKERS) if cell.marker in MARKERS else 0, every)
 
 

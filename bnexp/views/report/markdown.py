@@ -177,7 +177,7 @@ def what_ran(runs: list[RunData]) -> str:
             continue
         if len(values) == 1 and all(key in r.config for r in runs):
             value = next(r.config[key] for r in runs)
-            if not (value is None or value is False or value in ("", [])):
+            if not (value is None or value is False or value in ("", [], "[]")):
                 shared.append(f"`{key}={value}`")
         else:
             varying.append(f"`{key}`")
