@@ -97,6 +97,20 @@ def _wait_for(predicate, timeout, what, process=None):
     return found
 
 
+@pytest.mark.parametrize("state, done", [("RUNNING", False), ("PENDING", False), ("REQUEUED", False),
+                                         ("SIGNALING", False), ("CONFIGURING", False), ("REQUEUE_HOLD", False),
+                                         ("PREEMPTED", False), ("COMPLETED", True), ("FAILED", True),
+                                         ("CANCELLED by 0", True), ("TIMEOUT", True), ("NODE_FAIL", True)])
+def test_a_job_counts_as_ended_only_in_a_final_slurm_state(state, done):
+    """A requeued job passes through states submitit does not list (it counted them as done, and
+    the sweep gave the job up while Slurm was about to run it again): only a final state ends it."""
+    from bnexp.launch.cluster import quiet_slurm_watcher
+
+    watcher = quiet_slurm_watcher()
+    watcher._info_dict["7_0"] = {"JobID": "7_0", "State": state}
+    assert watcher.is_done("7_0", mode="cache") is done
+
+
 def test_cancelled_and_requeued_jobs_end_with_the_metrics_of_an_uninterrupted_run(slurm, sweep_env):
     """Three identical jobs: job 0 is requeued while it runs (preemption), job 1 cancelled; job 2
     runs undisturbed. The requeued job continues from its checkpoint within the same sweep; the
@@ -118,10 +132,12 @@ def test_cancelled_and_requeued_jobs_end_with_the_metrics_of_an_uninterrupted_ru
     array = slurm.run("squeue", "-h", "-r", "-o", "%i").stdout.split()[0].split("_")[0]
     slurm.run("scontrol", "requeue", f"{array}_0")
     slurm.run("scancel", f"{array}_1")
-    # Slurm holds a requeued job back for a while (BeginTime); let it start again at once
+    # Slurm holds a requeued job back for a while (BeginTime); let it start again in 3 s, not at once:
+    # slurmd refuses a launch whose credential dates from the second the old one was revoked in
+    # ("Killing non-startable batch JobId=7: Job credential revoked", and the job ends FAILED)
     _wait_for(lambda: "PENDING" in slurm.run("squeue", "-h", "-r", "-t", "all", "-j", f"{array}_0", "-o",
                                              "%T").stdout, 60, "job 0 requeued")
-    slurm.run("scontrol", "update", f"jobid={array}_0", "StartTime=now")
+    slurm.run("scontrol", "update", f"jobid={array}_0", "StartTime=now+3")
     output, _ = sweep.communicate(timeout=240)
     assert sweep.returncode == 1, output  # job 1 did not complete
     sweep_dir, record, runs = jobs_of(sweep_env)

@@ -36,9 +36,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 if TYPE_CHECKING:
     from bnexp.launch.plan import Plan
 
-# Slurm states after which a job produces nothing more (it may still be requeued by hand).
+# Slurm states after which a job produces nothing more (it may still be requeued by hand). Every
+# other state, including the passing ones submitit does not know (SIGNALING while a requeue's
+# SIGTERM is delivered, CONFIGURING, STAGE_OUT, REQUEUE_HOLD, ...), means the job may still run.
+# PREEMPTED is not final: a preempted job is requeued where the cluster's PreemptMode says so.
 FINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-                "PREEMPTED", "TIMEOUT", "FINISHED", "INTERRUPTED", "DONE")
+                "TIMEOUT")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +51,9 @@ FINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NO
 def quiet_slurm_watcher():
     """A submitit Slurm watcher that asks ``sacct`` with its stderr captured and, once sacct says
     accounting is disabled, ``squeue`` (every task of every job, finished ones while Slurm keeps
-    them) in the same ``JobID|State|NodeList`` form."""
+    them) in the same ``JobID|State|NodeList`` form. A job is done only in one of
+    :data:`FINAL_STATES` (submitit's own test counts any state it does not list as done, so a
+    requeued job seen between its SIGTERM and its return to PENDING was given up for lost)."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     class QuietSlurmWatcher(SlurmInfoWatcher):
@@ -60,6 +65,10 @@ def quiet_slurm_watcher():
                 return command
             ids = ",".join(command[i + 1] for i, arg in enumerate(command) if arg == "-j")
             return ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ids]
+
+        def is_done(self, job_id: str, mode: str = "standard") -> bool:
+            state = self.get_state(job_id, mode=mode).split()
+            return bool(state) and state[0].upper() in FINAL_STATES
 
         def update(self) -> None:
             command = self._make_command()
