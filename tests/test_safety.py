@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,146 @@ def test_runs_json_prints_null_for_nan_and_infinity(cli):
     parsed = json.loads(listed, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
     assert parsed[0]["metrics"]["val_loss"] is None and parsed[0]["metrics"]["train_loss"] is None
     assert "nan" in cli("show", run_dir.name).stdout.lower()  # the table still shows the value
+
+
+# --- interrupts, races and limits -------------------------------------------------------------------
+
+MID_EPOCH = ["epochs=2", "batch_size=8", "dataset.limit_val=128", "hist_every_steps=0", "log_every_steps=3",
+             "threads=1", "device=cpu", "optimizer.momentum=0.9"]
+
+
+def _start(out: Path, *args: str) -> subprocess.Popen:
+    import signal as signals
+
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "bnexp", "train", *args, "-q"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_DFL))
+
+
+def _wait_for(predicate, process, timeout: float = 120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+
+
+def _train_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["step"] for line in lines[:-1] if '"kind": "train"' in line]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_saves_the_step_and_resume_continues_exactly(cli):
+    import signal as signals
+
+    cli("train", *MID_EPOCH, "name=straight", "-q")
+    (straight,) = cli.out.glob("runs/*-straight-*")
+    process = _start(cli.out, *MID_EPOCH, "name=stopped")
+    _wait_for(lambda: any(len(_train_steps(d)) >= 5 for d in cli.out.glob("runs/*-stopped-*")), process)
+    process.send_signal(signals.SIGINT)  # in epoch 1, before the first (epoch) checkpoint
+    _, stderr = process.communicate(timeout=120)
+    (run_dir,) = cli.out.glob("runs/*-stopped-*")
+    stopped = json.loads((run_dir / "run.json").read_text())
+    step = int(stderr.split("stopped at step ")[1].split()[0])
+    assert process.returncode == 130 and stopped["status"] == "interrupted"
+    assert f"continue from step {step} with: bnexp train resume={run_dir}" in stderr.strip().splitlines()[-1]
+    import torch
+
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["progress"]
+    steps_per_epoch = json.loads((straight / "run.json").read_text())["metrics"]["step"] // 2
+    assert saved["step"] == step and saved["epoch"] == 0 and 0 < step < steps_per_epoch and saved["partial"]
+
+    resumed = cli("train", f"resume={run_dir.name}", "-q")
+    assert f"resuming {run_dir.name} at epoch 1, step {step}" in resumed.stderr  # the messages agree
+    final, expected = (json.loads((d / "run.json").read_text())["metrics"] for d in (run_dir, straight))
+    assert {k: v for k, v in final.items() if "examples_per_s" not in k} == \
+        {k: v for k, v in expected.items() if "examples_per_s" not in k}
+    records = [[{k: v for k, v in json.loads(line).items() if "examples_per_s" not in k}
+                for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (run_dir, straight)]
+    assert records[0] == records[1]  # the log has no gap and no duplicate, every window equal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_right_after_the_record_is_created_leaves_it_interrupted(cli, signal_name):
+    import signal as signals
+
+    process = _start(cli.out, *TINY, "epochs=50", "checkpoint=false")
+    _wait_for(lambda: any(cli.out.glob("runs/*/run.json")), process)
+    process.send_signal(getattr(signals, signal_name))
+    _, stderr = process.communicate(timeout=120)
+    (run_dir,) = (cli.out / "runs").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert process.returncode == 130 and record["status"] == "interrupted", (stderr, record)
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("interrupted: stopped at step") and "cannot be resumed" in line
+    assert "start it again with: bnexp train" in line and "resume=" not in line
+    listed = {r["id"]: r for r in json.loads(cli("runs", "--json").stdout)}
+    assert listed[run_dir.name]["status"] == "interrupted"
+
+
+def test_placement_and_name_overrides_are_refused(cli):
+    for key in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir"):
+        one_line_error(cli("train", *TINY, f"{key}=../../escape", check=False), key, "output_dir")
+        one_line_error(cli("sweep", "norm=none,custom", *TINY, f"{key}=../../escape", check=False), key, "output_dir")
+    for name in ("..", "."):
+        one_line_error(cli("train", *TINY, f"name={name}", check=False), f"name={name}")
+    assert not cli.out.exists()
+
+
+def test_nproc_is_checked_against_the_machine_up_front(cli):
+    result = cli("train", *TINY, "nproc=64", "batch_size=64", check=False)
+    one_line_error(result, "nproc=64", "CPU cores")
+    assert not cli.out.exists()
+
+
+def _hold_lock(directory: Path) -> subprocess.Popen:
+    """A process that takes a run's lock the way a writer does (and names itself in it)."""
+    code = ("import fcntl, os, socket, sys, time\n"
+            f"fd = os.open({str(directory / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()} {socket.gethostname()}'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.parametrize("purge", [False, True])
+def test_rm_never_removes_a_run_that_started_after_the_prompt(cli, monkeypatch, purge):
+    import typer
+
+    run_dir = fake_run(cli.out, "20261120-100000-mlp-none-aaaa")
+    holders = []
+
+    def confirm_while_a_writer_starts(question, *args, **kwargs):
+        holders.append(_hold_lock(run_dir))
+        return True
+
+    monkeypatch.setattr(typer, "confirm", confirm_while_a_writer_starts)
+    try:
+        result = cli("rm", run_dir.name, *(["--purge"] if purge else []), check=False)
+        one_line_error(result, "is being written by pid", str(holders[0].pid), "refusing to delete it")
+        assert run_dir.is_dir() and (run_dir / "run.json").is_file()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.slow
+def test_a_run_moved_away_while_training_stops_and_says_so(cli):
+    process = _start(cli.out, *TINY, "epochs=400", "threads=1", "name=moved")
+    _wait_for(lambda: any(cli.out.glob("runs/*-moved-*/checkpoint.pt")), process)
+    (run_dir,) = cli.out.glob("runs/*-moved-*")
+    trash = cli.out / ".trash" / "by-hand"
+    trash.mkdir(parents=True)
+    os.rename(run_dir, trash / run_dir.name)
+    _, stderr = process.communicate(timeout=60)
+    record = json.loads((trash / run_dir.name / "run.json").read_text())
+    assert process.returncode == 130 and record["status"] == "interrupted" and "moved" in record["message"]
+    assert "moved or deleted" in stderr.strip().splitlines()[-1]

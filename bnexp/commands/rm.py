@@ -8,8 +8,9 @@ named it, and the prompt says so.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -81,6 +82,31 @@ def _stop_writer(path: Path, force: bool) -> None:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold the lock of a run (or of a sweep and each of its jobs) while it is moved or deleted, so
+    no writer can start on it in between: one that did since the prompt is refused, naming its pid
+    (a symlink is removed itself, nothing to hold)."""
+    from bnexp.store.catalog import iter_run_dirs
+    from bnexp.store.files import SWEEP_FILE
+    from bnexp.store.lock import DirLock, RunBusy, busy_message
+
+    held: list = []
+    try:
+        if path.is_dir() and not path.is_symlink():
+            for directory in [path, *iter_run_dirs(path)] if (path / SWEEP_FILE).exists() else [path]:
+                what = "sweep" if directory == path and (path / SWEEP_FILE).exists() else "run"
+                try:
+                    held.append(DirLock(directory).acquire(lambda d=directory, w=what: busy_message(d, w), wait_s=0))
+                except RunBusy as exc:
+                    raise BnexpError(f"{exc}; it started after the prompt: refusing to delete it "
+                                     "(--force stops it first)") from None
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
 def _plural(count: int) -> str:
     return f"{count} directories" if count != 1 else "1 directory"
 
@@ -146,10 +172,11 @@ def rm(
     for kind, path, _ in targets:
         if force:
             _stop_writer(path, force=True)
-        if purge:
-            remove_dir(path)
-        else:
-            move_to_trash(path, kind, root)
+        with _held(path):  # a run that started since the prompt is refused, never removed while live
+            if purge:
+                remove_dir(path)
+            else:
+                move_to_trash(path, kind, root)
     if purge:
         out.print(f"deleted {len(targets)}")
     else:

@@ -36,6 +36,9 @@ class Progress:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     metrics: dict = field(default_factory=dict)
+    # a run stopped mid-epoch: the epoch's running sums at its last step (seen, loss_sum, correct,
+    # and those at the last log), so that continuing from that step ends exactly as if never stopped
+    partial: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -96,31 +96,14 @@ def _run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
     outcome = Outcome()
     loop.listeners = listeners
     try:
-        loop.compile_s = _maybe_compile(loop)
-        listeners.on_start(loop)
-        for epoch in range(loop.progress.epoch, loop.epochs):
-            loop.epoch = epoch + 1
-            train_epoch(loop, listeners)
-            val_loss, val_acc = validate(loop)
-            p = loop.progress
-            p.epoch = loop.epoch
-            if val_acc > p.best_val_acc:
-                p.best_val_acc, p.best_epoch = val_acc, p.epoch
-            with loop.ranks.local_statistics(loop.module):  # listeners run on rank 0 alone
-                extra = listeners.on_validation(loop)
-            p.metrics.update(val_loss=val_loss, val_acc=val_acc, **extra,
-                             best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step,
-                             mean_examples_per_s=mean_rate(p.metrics, p.epoch))
-            listeners.on_epoch(loop, {"kind": "epoch", **p.metrics})
+        _epochs(loop, listeners)
         outcome = Outcome("completed")
     except Diverged as exc:
         outcome = Outcome("diverged", str(exc))
     except RunMoved as exc:
         outcome = Outcome("interrupted", str(exc))
     except KeyboardInterrupt:
-        where = loop.run.path if loop.run else "RUN"
-        outcome = Outcome("interrupted", f"stopped at step {loop.progress.step} (epoch {loop.epoch} of "
-                                         f"{loop.epochs}); continue with: bnexp train resume={where}")
+        outcome = Outcome("interrupted", stop_message(loop))
     except BaseException as exc:
         outcome = Outcome("failed", describe_error(exc))
         listeners.on_end(loop, outcome)
@@ -129,6 +112,39 @@ def _run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
         raise
     listeners.on_end(loop, outcome)
     return outcome
+
+
+def stop_message(loop: TrainingState) -> str:
+    """What an interrupted run says: where it stopped, and the step it will continue from (the step
+    checkpoint saved on the way out, or the last epoch's), or that it cannot be continued."""
+    p, cfg = loop.progress, loop.cfg
+    where = f"stopped at step {p.step} (epoch {loop.epoch} of {loop.epochs})"
+    continue_at = p.step if p.partial else (p.metrics.get("step") if p.epoch >= 1 else None)
+    if loop.run is not None and cfg.checkpoint and continue_at is not None:
+        return f"{where}; continue from step {continue_at} with: bnexp train resume={loop.run.path}"
+    again = (loop.run.record.repro.get("command") if loop.run is not None else None) or "bnexp train ..."
+    why = "checkpoint=false" if not cfg.checkpoint else "nothing was saved before it stopped"
+    return f"{where}; it cannot be resumed ({why}, no checkpoint); start it again with: {again}"
+
+
+def _epochs(loop: TrainingState, listeners: Callbacks) -> None:
+    """Every epoch still to train, each validated and handed to the listeners."""
+    loop.compile_s = _maybe_compile(loop)
+    listeners.on_start(loop)
+    for epoch in range(loop.progress.epoch, loop.epochs):
+        loop.epoch = epoch + 1
+        train_epoch(loop, listeners)
+        val_loss, val_acc = validate(loop)
+        p = loop.progress
+        p.epoch = loop.epoch
+        if val_acc > p.best_val_acc:
+            p.best_val_acc, p.best_epoch = val_acc, p.epoch
+        with loop.ranks.local_statistics(loop.module):  # listeners run on rank 0 alone
+            extra = listeners.on_validation(loop)
+        p.metrics.update(val_loss=val_loss, val_acc=val_acc, **extra,
+                         best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, epoch=p.epoch, step=p.step,
+                         mean_examples_per_s=mean_rate(p.metrics, p.epoch))
+        listeners.on_epoch(loop, {"kind": "epoch", **p.metrics})
 
 
 def mean_rate(metrics: dict, epochs: int) -> float:
@@ -160,9 +176,23 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
     correct = torch.zeros((), device=loop.device, dtype=torch.long)
     seen, last = 0, Window()
     epoch_start = last.time
-    for batch in epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.min_batch):
+    batches = epoch_batches(len(data.train_x), cfg.batch_size, cfg.seed, loop.epoch - 1, loop.min_batch)
+    done = 0
+    if p.partial:  # continuing a run stopped mid-epoch: its sums so far, its batches skipped
+        done = p.step - (loop.epoch - 1) * len(batches)
+        loss_sum.fill_(p.partial["loss_sum"])
+        correct.fill_(p.partial["correct"])
+        seen = p.partial["seen"]
+        last = Window(*p.partial["window"])
+        p.partial = {}
+    for batch in batches[done:]:
         if p.step >= loop.total_steps:
             break
+        if loop.ranks.size == 1 and stop_requested():  # Ctrl-C/SIGTERM: stop at this step boundary, saving it
+            # (several ranks stop together at an agreed log step instead: Ranks.sum)
+            p.partial = {"seen": seen, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                         "window": [last.seen, float(last.loss_sum), int(last.correct)]} if done or seen else {}
+            raise KeyboardInterrupt
         idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
         x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
         loop.hist_due = loop.hist_every_steps > 0 and (p.step == 0 or (p.step + 1) % loop.hist_every_steps == 0)
@@ -178,8 +208,6 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
         loss_sum += summed.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         listeners.on_step(loop)
-        if loop.ranks.size == 1 and stop_requested():  # several ranks agree on their stop in ranks.sum
-            raise KeyboardInterrupt
         if p.step % log_every == 0 or p.step == loop.total_steps:
             now = time.perf_counter()
             total_loss, total_correct = loop.ranks.sum(loss_sum, correct)

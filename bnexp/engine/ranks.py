@@ -202,3 +202,31 @@ def check_device(device: torch.device, nproc: int) -> None:
     if device.type not in ("cpu", "cuda"):
         raise BnexpError(f"nproc={nproc} with device={device.type}: several processes train on cpu (gloo) or "
                          "cuda (nccl); use device=cpu or device=cuda")
+
+
+def check_resources(device: torch.device, nproc: int) -> None:
+    """Before any process starts: one CPU core per process on CPU, and memory for all of them
+    (``nproc=64`` on 2 cores would start workers until memory runs out)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cpu" and nproc > cores:
+        raise BnexpError(f"nproc={nproc} on cpu: this machine gives this process {cores} CPU cores, and each "
+                         f"training process needs one; use nproc<={cores}")
+    available = available_memory()
+    if available is not None and nproc * WORKER_MEMORY > available:
+        raise BnexpError(f"nproc={nproc}: {nproc} processes need about {nproc * WORKER_MEMORY >> 20:,} MB "
+                         f"({WORKER_MEMORY >> 20} MB each), {available >> 20:,} MB are available; use a smaller nproc")
+
+
+WORKER_MEMORY = 400 << 20  # what one training process takes (torch and its data), measured on digits
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new processes (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from bnexp.config.compose import one_line
 from bnexp.core.errors import BnexpError
-from bnexp.engine.ranks import check_device
+from bnexp.engine.ranks import check_device, check_resources
 from bnexp.store.files import RUN_FILE, remove_dir
 from bnexp.store.lock import RunBusy, busy_message, is_locked
 from bnexp.store.record import RunRecord, read_record
@@ -69,6 +69,7 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
     from bnexp.store.run import new_run_dir
 
     check_device(resolve_device(cfg.device.type), cfg.nproc)
+    check_resources(resolve_device(cfg.device.type), cfg.nproc)
     node = node_rank(cfg)
     if node > 0:  # rank 0 of node 0 owns the run: this node only lends its processes
         return _launch_follower(cfg, overrides, node, progress)

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.config.compose import dataset_settings
-from bnexp.core.errors import BnexpError
+from bnexp.core.errors import BnexpError, Interrupted
 from bnexp.engine.callbacks import Callback, Callbacks, record_or_raise
 from bnexp.engine.loop import (
     TrainingState,
@@ -27,6 +27,7 @@ from bnexp.engine.loop import (
     resolve_device,
     run_loop,
     smallest_batch,
+    stop_message,
 )
 from bnexp.engine.ranks import Ranks, in_worker, joined
 from bnexp.launch.multiproc import launch
@@ -100,7 +101,16 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
                 min_batch=min_batch, run=run, ranks=ranks, hist_every_steps=int(cfg.hist_every_steps),
                 started=time.perf_counter() - (run.record.duration_s if run else 0.0))
     resumed_at = state.step if opened is not None else None
-    listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
+    try:
+        listeners = [*run_listeners(cfg, overrides, run, module, resumed_at, progress), *callbacks] if run else []
+    except KeyboardInterrupt:  # SIGTERM/Ctrl-C while the listeners start (TensorBoard's import takes a while)
+        if run is None:
+            raise
+        message = stop_message(loop)
+        if opened is None:
+            run.finish("interrupted", message)
+        run.close()
+        raise Interrupted(message) from None
     outcome = run_loop(loop, Callbacks(listeners))
     return record_or_raise(outcome, run.path if run else None, run.record if run else None)
 

@@ -66,6 +66,14 @@ class Checkpointer(Callback):
         self.path, self.config = path, config
 
     def on_epoch(self, loop, entry):
+        self.save(loop)
+
+    def on_end(self, loop, outcome):
+        """A run stopped mid-epoch saves a step-level checkpoint (its ``progress.partial``)."""
+        if outcome.status == "interrupted" and loop.progress.partial:
+            self.save(loop)
+
+    def save(self, loop) -> None:
         from bnexp.engine.checkpoint import save_checkpoint
 
         save_checkpoint(self.path, loop.module, loop.optimizer, loop.scheduler, loop.progress, self.config)
