@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -508,3 +509,47 @@ def test_a_run_moved_away_while_training_stops_and_says_so(cli):
     record = json.loads((trash / run_dir.name / "run.json").read_text())
     assert process.returncode == 130 and record["status"] == "interrupted" and "moved" in record["message"]
     assert "moved or deleted" in stderr.strip().splitlines()[-1]
+
+
+def _announced_port(process: subprocess.Popen, timeout: float = 120.0) -> int:
+    """The port a ``bnexp tensorboard`` announces in its ``TensorBoard on N runs: URL`` line."""
+    import re
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline, seen = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1.0):
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen += line
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if found:
+                return int(found.group(1))
+    process.kill()
+    raise AssertionError(f"no URL announced: {seen!r} {process.communicate()[1]!r}")
+
+
+@pytest.mark.slow
+def test_two_dashboards_started_at_once_never_announce_the_same_port(cli):
+    import signal as signals
+    import urllib.request
+
+    fake_run(cli.out, "20261120-100000-mlp-none-aaaa")
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(cli.out), "COLUMNS": "200"}
+    boards = [subprocess.Popen([sys.executable, "-m", "bnexp", "tensorboard"], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_DFL)) for _ in range(2)]
+    try:
+        ports = [_announced_port(board) for board in boards]
+        assert ports[0] != ports[1], ports
+        for port in ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=10):
+                pass
+        assert [board.poll() for board in boards] == [None, None]  # both still serving
+    finally:
+        for board in boards:
+            board.send_signal(signals.SIGINT)
+            board.communicate(timeout=60)

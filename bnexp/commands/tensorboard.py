@@ -54,9 +54,13 @@ def tensorboard(
             logdir.write_experiment()
         for problem in logdir.skipped:
             console.print(f"[yellow]left out of the HParams table[/yellow]: {problem}", highlight=False)
+        with console.status("starting TensorBoard..."):
+            board = dashboard.start_tensorboard(logdir.path, host, chosen_port, Path(tmp) / "tensorboard.log",
+                                                move_on=port is None)
+        if board.port != chosen_port:  # another dashboard took it meanwhile
+            note = f"port {dashboard.DEFAULT_PORT} is in use; using {board.port}"
         if note:
             console.print(f"[yellow]{note}[/yellow]")
-        board = dashboard.TensorBoard(logdir.path, host, chosen_port, Path(tmp) / "tensorboard.log")
         try:
             with console.status("starting TensorBoard..."):
                 board.wait_ready()

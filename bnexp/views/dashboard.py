@@ -156,9 +156,10 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def choose_port(host: str, port: Optional[int]) -> tuple[int, Optional[str]]:
+def choose_port(host: str, port: Optional[int], after: Optional[int] = None) -> tuple[int, Optional[str]]:
     """The port to serve on and, when it is not the one expected, a note saying why. An explicit
-    ``--port`` that is taken is an error; the default moves to the next free port."""
+    ``--port`` that is taken is an error; the default moves to the next free port (past ``after``,
+    a port found free that another process took before TensorBoard could bind it)."""
     try:
         socket.getaddrinfo(host, None)
     except socket.gaierror:
@@ -167,14 +168,40 @@ def choose_port(host: str, port: Optional[int]) -> tuple[int, Optional[str]]:
         if not 1 <= port <= 65535:
             raise BnexpError(f"--port {port}: must be in 1-65535")
         if not _bindable(host, port):
-            raise BnexpError(f"port {port} on {host} is in use (or not allowed); pick another with --port, "
-                             "or leave --port out to take the next free one")
+            raise port_taken(host, port)
         return port, None
-    for candidate in range(DEFAULT_PORT, DEFAULT_PORT + 100):
+    for candidate in range(DEFAULT_PORT if after is None else after + 1, DEFAULT_PORT + 100):
         if _bindable(host, candidate):
             note = None if candidate == DEFAULT_PORT else f"port {DEFAULT_PORT} is in use; using {candidate}"
             return candidate, note
     raise BnexpError(f"ports {DEFAULT_PORT}-{DEFAULT_PORT + 99} on {host} are all in use; pick one with --port")
+
+
+def port_taken(host: str, port: int) -> BnexpError:
+    return BnexpError(f"port {port} on {host} is in use (or not allowed); pick another with --port, "
+                      "or leave --port out to take the next free one")
+
+
+class PortTaken(BnexpError):
+    """TensorBoard could not bind the port: another process took it after it was found free."""
+
+
+def start_tensorboard(logdir: Path, host: str, port: int, log: Path, move_on: bool) -> "TensorBoard":
+    """TensorBoard serving ``logdir`` on ``port``, bound (its URL is then its own, not another
+    server's). A port taken between choosing and binding it (two dashboards started at once both
+    found the default free) is an error for ``--port``; with ``move_on`` the next free port is tried."""
+    while True:
+        board = TensorBoard(logdir, host, port, log)
+        try:
+            board.wait_bound()
+            return board
+        except PortTaken:
+            if not move_on:
+                raise port_taken(host, port) from None
+            port, _ = choose_port(host, None, after=port)
+        except BaseException:
+            board.stop()
+            raise
 
 
 def url_for(host: str, port: int) -> str:
@@ -225,13 +252,30 @@ class TensorBoard:
     It dies with this process, however this process ends."""
 
     def __init__(self, logdir: Path, host: str, port: int, log: Path):
-        self.url, self.log = url_for(host, port), log
+        self.url, self.log, self.port = url_for(host, port), log, port
         command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host,
                    "--port", str(port), "--reload_interval", "5"]
         with open(log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                                             preexec_fn=_die_with(os.getpid()), start_new_session=True)
+
+    def wait_bound(self, timeout: float = 120.0) -> None:
+        """Until TensorBoard says it serves (it prints that once its socket is bound): only then is
+        an answer on the port its own. :class:`PortTaken` if it could not bind the port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            said = self.log.read_text(errors="replace")
+            if " at http" in said:
+                return
+            if self.process.poll() is not None:
+                if "already in use" in said:
+                    raise PortTaken(f"port {self.port} was taken")
+                tail = said.strip().splitlines()[-3:]
+                raise BnexpError(f"TensorBoard exited with code {self.process.returncode}: {' | '.join(tail)}")
+            time.sleep(0.1)
+        self.stop()
+        raise BnexpError(f"TensorBoard did not start within {timeout:.0f} s (its log: {self.log})")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll until it answers over HTTP; its own error (port taken, bad flag) if it exits first."""
