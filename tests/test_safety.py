@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -164,6 +165,29 @@ def test_sweep_resume_runs_no_code_named_by_its_record(cli, tmp_path, field, pla
     result = cli("sweep", "--resume", sweep_dir.name, check=False)
     one_line_error(result, "sweep.json", planted.split("=")[0].lstrip("+"), "refused")
     assert not marker.exists(), "an override from sweep.json ran code"
+
+
+def test_sweep_resume_never_writes_through_links_planted_in_the_sweep(cli, tmp_path):
+    """What Hydra and the sweep write on --resume (multirun.yaml, each job's Hydra config folder)
+    never goes through a link planted in the sweep directory."""
+    cli("sweep", "norm=none,custom", *TINY, "hist_every_steps=0")
+    (sweep_dir,) = (cli.out / "sweeps").iterdir()
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    sweep["status"] = "interrupted"
+    (sweep_dir / "sweep.json").write_text(json.dumps(sweep))
+    victim, outside = tmp_path / "victim.yaml", tmp_path / "outside"
+    victim.write_text("precious\n")
+    outside.mkdir()
+    (sweep_dir / "multirun.yaml").unlink()
+    (sweep_dir / "multirun.yaml").symlink_to(victim)
+    for job in sweep_dir.glob("*/run.json"):
+        set_status(job.parent, "interrupted")
+        shutil.rmtree(job.parent / ".hydra", ignore_errors=True)
+        (job.parent / ".hydra").symlink_to(outside, target_is_directory=True)
+    cli("sweep", "--resume", sweep_dir.name, check=False)
+    assert victim.read_text() == "precious\n" and not list(outside.iterdir())
+    assert "hydra/job_logging" in one_line_error(cli("sweep", "norm=none,custom", *TINY, "hydra/job_logging=default",
+                                                     check=False), "hydra/job_logging=default", "none")
 
 
 # --- terminal injection ---------------------------------------------------------------------------

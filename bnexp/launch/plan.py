@@ -17,8 +17,16 @@ from bnexp.core.vocab import METRICS
 SAMPLERS = ("tpe", "random")
 
 
-# Hydra logs nothing itself (the sweep prints its own lines) and jobs keep the working directory.
-HYDRA_DEFAULTS = {"hydra/job_logging": "none", "hydra/hydra_logging": "none", "hydra.job.chdir": "false"}
+# Hydra logs nothing itself (the sweep prints its own lines), writes no .hydra folder into a job's
+# directory (bnexp writes the job's config.yaml and overrides.yaml itself, never through a planted
+# link; Hydra's own writes would follow one) and jobs keep the working directory.
+HYDRA_DEFAULTS = {"hydra/job_logging": "none", "hydra/hydra_logging": "none", "hydra.output_subdir": "null",
+                  "hydra.job.chdir": "false"}
+
+# The values a sweep takes for those: none that makes Hydra write a file (a job log, .hydra/).
+NO_FILE_LOGGING = ("none", "disabled", "stdout")
+HYDRA_CHOICES = {"hydra/job_logging": NO_FILE_LOGGING, "hydra/hydra_logging": NO_FILE_LOGGING,
+                 "hydra.output_subdir": ("null",), "hydra.job.chdir": ("false", "true")}
 
 
 # Launcher setting that `--jobs N` sets: how many jobs run at once.
@@ -81,9 +89,6 @@ def _launcher(hydra_overrides: list[str], launcher: Optional[str], jobs: Optiona
 UNSAFE_LAUNCHER_SETTINGS = ("setup", "srun_args", "additional_parameters", "submitit_folder", "python")
 
 
-HYDRA_GROUPS = ("hydra/launcher", "hydra/job_logging", "hydra/hydra_logging")
-
-
 def check_hydra_override(override: str, source: str = "") -> None:
     """Of Hydra's own settings a sweep takes only what bnexp itself sets: the launcher, its logging
     and plain launcher settings. Callbacks, ``_target_`` (anything Hydra would instantiate) and
@@ -94,8 +99,14 @@ def check_hydra_override(override: str, source: str = "") -> None:
     where = f"{source}: " if source else ""
     if key in PLACEMENT_KEYS:
         raise BnexpError(f"{where}{key}=: bnexp places sweeps itself; use output_dir=DIR (sweeps go to DIR/sweeps)")
+    if key in HYDRA_CHOICES:
+        value = override.split("=", 1)[1] if "=" in override else ""
+        if value in HYDRA_CHOICES[key]:
+            return
+        raise BnexpError(f"{where}{key}={value}: a sweep takes {key}={'|'.join(HYDRA_CHOICES[key])} (Hydra writes no "
+                         "file of its own into a job's directory); refused")
     setting = key[len("hydra.launcher."):] if key.startswith("hydra.launcher.") else None
-    if key in HYDRA_GROUPS or key in HYDRA_DEFAULTS or (
+    if key == "hydra/launcher" or (
             setting and setting.isidentifier() and not setting.startswith("_")
             and setting not in UNSAFE_LAUNCHER_SETTINGS):
         return

@@ -32,7 +32,7 @@ from bnexp.core.keys import override_key
 from bnexp.launch.job import lost_job, report_job, run_job
 from bnexp.launch.plan import HYDRA_DEFAULTS, Plan, check_recorded_plan, joblib_workers
 from bnexp.store.catalog import iter_run_dirs, resolve
-from bnexp.store.files import SWEEP_FILE, UnreadableFile, now_iso, write_json
+from bnexp.store.files import SWEEP_FILE, UnreadableFile, now_iso, write_atomic, write_json
 from bnexp.store.lock import DirLock, busy_message, is_locked, owner_info
 from bnexp.store.record import RunRecord, read_record
 from bnexp.store.registry import read_sweep
@@ -102,7 +102,7 @@ class _Hydra:
         returns = []
         with self.app.multirun():
             self.dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, self.dir / "multirun.yaml")
+            write_atomic(self.dir / "multirun.yaml", OmegaConf.to_yaml(self.cfg))  # replaces a planted link, not its target
             for chunk in _runs_of_consecutive(sorted(jobs)):  # a launch numbers its jobs consecutively
                 returns += self.launch([[*jobs[i], f"hydra.sweep.subdir={self.dir.name}-{i}-${{model.name}}-${{norm.kind}}"]
                                         for i in chunk], initial_job_idx=chunk[0])
