@@ -7,6 +7,7 @@ when it runs, so ``bnexp --help`` returns at once. Every way a command can fail 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pkgutil
@@ -16,7 +17,7 @@ from typing import Optional
 import typer
 
 from bnexp import __version__
-from bnexp.core.errors import BnexpError, error_line
+from bnexp.core.errors import BnexpError, describe_error, error_line
 
 # Commands appear in ``--help`` in this order (by module); modules not listed follow alphabetically.
 COMMAND_ORDER = ["train", "sweep", "runs", "show", "curves", "compare", "export", "tag", "rm", "tensorboard",
@@ -147,6 +148,9 @@ def main() -> None:
             sys.exit(1)
         if _debug():
             raise
+        if isinstance(exc, OSError) and exc.filename:  # a full disk, a folder not writable: name the file
+            error_line(describe_error(exc) if exc.errno == errno.ENOSPC else f"{exc.filename}: {exc.strerror or exc}")
+            sys.exit(1)
         error_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

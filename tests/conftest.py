@@ -139,3 +139,46 @@ def fake_run(root: Path, run_id: str, *, status="completed", model="mlp", norm="
         f"optimizer:\n  name: sgd\n  lr: {lr}\nbatch_size: 64\nepochs: 3\nseed: {seed}\noutput_dir: {root}\n"
         "threads: null\n")
     return run_dir
+
+
+def on_tiny_disk(tmp_path: Path, size: str, argv: list[str], fill_when: str | None = None) -> dict:
+    """Run ``bnexp ARGV`` with a tmpfs of ``size`` mounted at ``{disk}`` (in ARGV), in a private
+    mount namespace (no root needed). With ``fill_when`` (a glob under the disk) the disk is filled
+    up as soon as a path matches it: a disk that becomes full while the command runs. Returns its
+    exit code and stderr, the files it left (the text of each ``*.json``) and its directories."""
+    import json
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare (util-linux) for a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.decode().strip()}")
+    disk = tmp_path / f"disk-{size}"
+    disk.mkdir()
+    report = tmp_path / f"report-{size}.json"
+    script = (
+        "import glob, json, os, subprocess, sys, time\n"
+        f"disk, report, fill_when = {str(disk)!r}, {str(report)!r}, {fill_when!r}\n"
+        f"subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size={size}', 'tmpfs', disk], check=True)\n"
+        f"argv = [a.replace('{{disk}}', disk) for a in {list(argv)!r}]\n"
+        "process = subprocess.Popen([sys.executable, '-m', 'bnexp', *argv], stdout=subprocess.PIPE, "
+        "stderr=subprocess.PIPE, text=True)\n"
+        "if fill_when:\n"
+        "    while process.poll() is None and not glob.glob(os.path.join(disk, fill_when)):\n"
+        "        time.sleep(0.02)\n"
+        "    with open(os.path.join(disk, 'filler'), 'wb', buffering=0) as filler:\n"
+        "        try:\n"
+        "            while True:\n"
+        "                filler.write(bytes(4096))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "_, stderr = process.communicate()\n"
+        "files = {os.path.relpath(os.path.join(d, f), disk): open(os.path.join(d, f), 'rb').read().decode('utf-8', "
+        "'replace') if f.endswith('.json') else None for d, _, fs in os.walk(disk) for f in fs if f != 'filler'}\n"
+        "dirs = [os.path.relpath(d, disk) for d, _, _ in os.walk(disk)]\n"
+        "json.dump({'rc': process.returncode, 'stderr': stderr, 'files': files, 'dirs': dirs}, open(report, 'w'))\n"
+    )
+    subprocess.run(["unshare", "-rm", "--propagation", "private", sys.executable, "-c", script], check=True,
+                   timeout=300, env={**os.environ, "COLUMNS": "200"})
+    return json.loads(report.read_text())

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, fake_run, one_line_error
+from conftest import TINY, fake_run, on_tiny_disk, one_line_error
 
 
 def only_run(out: Path) -> Path:
@@ -577,3 +577,24 @@ def test_two_dashboards_started_at_once_never_announce_the_same_port(cli):
         for board in boards:
             board.send_signal(signals.SIGINT)
             board.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_during_a_sweep_or_a_report_is_named_and_recorded(cli, tmp_path):
+    swept = on_tiny_disk(tmp_path, "4m", ["sweep", "norm=none,custom", "output_dir={disk}/outputs", *TINY, "epochs=40",
+                                          "hist_every_steps=0"], fill_when="outputs/sweeps/*/*-0-mlp-none/run.json")
+    assert swept["rc"] != 0 and "Traceback" not in swept["stderr"], swept["stderr"]
+    (record,) = [json.loads(text) for name, text in swept["files"].items() if name.endswith("sweep.json")]
+    assert record["status"] == "failed" and record["owner"] is None  # ended, not left running (then dead)
+    messages = [job["message"] for job in record["jobs"]]
+    assert all("No space left on device" in m for m in messages), messages
+    assert messages[0].startswith("cannot write ") and "/outputs/sweeps/" in messages[0], messages
+
+    runs = [fake_run(cli.out, f"20261120-100000-mlp-none-{c * 4}") for c in "ab"]
+    for run_dir in runs:
+        (run_dir / "metrics.jsonl").write_text(
+            '{"kind": "epoch", "epoch": 1, "step": 4, "val_acc": 0.5, "val_loss": 1.0, "train_loss": 1.1}\n')
+    reported = on_tiny_disk(tmp_path, "16k", ["report", *map(str, runs), "--out", "{disk}/report"])
+    (line,) = reported["stderr"].strip().splitlines()
+    assert reported["rc"] != 0 and line.startswith("error: cannot write ") and "/report/" in line, line
+    assert line.endswith(": No space left on device") and not [n for n in reported["files"] if "/." in n]

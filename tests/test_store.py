@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, fake_run, one_line_error
+from conftest import TINY, fake_run, on_tiny_disk, one_line_error
 
 LONG = ["epochs=400", "dataset.limit_train=256", "dataset.limit_val=64", "batch_size=32", "hist_every_steps=0",
         "log_every_steps=4", "threads=1", "-q"]
@@ -261,36 +260,9 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
 # --- a full disk --------------------------------------------------------------------------------
 
 
-def _on_tiny_disk(tmp_path: Path, size: str, *args: str) -> dict:
-    """Run ``bnexp train ARGS`` with its output dir on a tmpfs of ``size`` (a private mount
-    namespace, so no root is needed); returns what it printed and what it left there."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare (util-linux) for a private tmpfs")
-    disk = tmp_path / f"disk-{size}"
-    disk.mkdir()
-    report = tmp_path / f"report-{size}.json"
-    script = (
-        "import json, os, subprocess, sys\n"
-        f"disk, report = {str(disk)!r}, {str(report)!r}\n"
-        f"subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size={size}', 'tmpfs', disk], check=True)\n"
-        f"result = subprocess.run([sys.executable, '-m', 'bnexp', 'train', 'output_dir=' + disk + '/outputs', "
-        f"*{list(args)!r}], capture_output=True, text=True)\n"
-        "files = {os.path.relpath(os.path.join(d, f), disk): open(os.path.join(d, f), 'rb').read().decode('utf-8', "
-        "'replace') if f == 'run.json' else None for d, _, fs in os.walk(disk) for f in fs}\n"
-        "dirs = [os.path.relpath(d, disk) for d, _, _ in os.walk(disk)]\n"
-        "json.dump({'rc': result.returncode, 'stderr': result.stderr, 'files': files, 'dirs': dirs}, open(report, 'w'))\n"
-    )
-    probe = subprocess.run(["unshare", "-rm", "--propagation", "private", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.decode().strip()}")
-    subprocess.run(["unshare", "-rm", "--propagation", "private", sys.executable, "-c", script], check=True,
-                   timeout=300, env={**os.environ, "COLUMNS": "200"})
-    return json.loads(report.read_text())
-
-
 @pytest.mark.slow
 def test_a_full_disk_fails_the_run_cleanly(tmp_path):
-    mid_run = _on_tiny_disk(tmp_path, "400k", "epochs=3", "-q")
+    mid_run = on_tiny_disk(tmp_path, "400k", ["train", "output_dir={disk}/outputs", "epochs=3", "-q"])
     assert mid_run["rc"] == 2
     (line,) = mid_run["stderr"].strip().splitlines()
     assert line.startswith("error: cannot write") and "checkpoint.pt: No space left on device" in line
@@ -299,7 +271,7 @@ def test_a_full_disk_fails_the_run_cleanly(tmp_path):
     saved = json.loads(run_json)
     assert saved["status"] == "failed" and "No space left on device" in saved["message"]
 
-    nothing = _on_tiny_disk(tmp_path, "8k", "-q")
+    nothing = on_tiny_disk(tmp_path, "8k", ["train", "output_dir={disk}/outputs", "-q"])
     assert nothing["rc"] == 2 and "No space left on device" in nothing["stderr"]
     assert not [d for d in nothing["dirs"] if d.startswith("outputs/runs/")], "an empty run directory was left"
 

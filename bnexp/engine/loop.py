@@ -105,13 +105,23 @@ def _run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
     except KeyboardInterrupt:
         outcome = Outcome("interrupted", stop_message(loop))
     except BaseException as exc:
-        outcome = Outcome("failed", describe_error(exc))
+        outcome = Outcome("failed", failure(loop, exc))
         listeners.on_end(loop, outcome)
         if isinstance(exc, (OSError, BnexpError)):  # a full disk, bad data: one line, the run says why
             raise BnexpError(outcome.message + "".join(f"; {n}" for n in outcome.notes)) from exc
         raise
     listeners.on_end(loop, outcome)
     return outcome
+
+
+def failure(loop: TrainingState, exc: BaseException) -> str:
+    """Why a run failed, in one line; a failed write that names no file (TensorBoard's writer on a
+    full disk) names the run directory."""
+    from bnexp.store.safeio import naming
+
+    if isinstance(exc, OSError) and loop.run is not None:
+        exc = naming(exc, loop.run.path)
+    return describe_error(exc)
 
 
 def stop_message(loop: TrainingState) -> str:

@@ -37,6 +37,7 @@ from bnexp.store.lock import DirLock, busy_message, is_locked, owner_info
 from bnexp.store.record import RunRecord, read_record
 from bnexp.store.registry import read_sweep
 from bnexp.store.run import Run, unique_dir
+from bnexp.store.safeio import write_record
 from bnexp.store.sweeps import job_number, job_rows
 from bnexp.tracking.hparams import write_sweep_experiment
 
@@ -178,7 +179,7 @@ class Session:
 
         sweep = read_json_object(self.dir / SWEEP_FILE)
         sweep.update(changes)
-        write_json(self.dir / SWEEP_FILE, sweep)
+        write_record(self.dir / SWEEP_FILE, sweep)  # in place on a full disk: the sweep never looks alive
         return sweep
 
 

@@ -24,6 +24,7 @@ from bnexp.engine.callbacks import Callback, Callbacks, record_or_raise
 from bnexp.engine.loop import (
     TrainingState,
     epoch_batches,
+    failure,
     resolve_device,
     run_loop,
     smallest_batch,
@@ -111,6 +112,13 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
             run.finish("interrupted", message)
         run.close()
         raise Interrupted(message) from None
+    except Exception as exc:  # a listener could not start (a full disk): the run says so, never looks alive
+        if run is None:
+            raise
+        message = failure(loop, exc)
+        note = run.finish("failed", message) if opened is None else None  # a resumed run's record stays as it was
+        run.close()
+        raise BnexpError(message + (f"; {note}" if note else "")) from exc
     outcome = run_loop(loop, Callbacks(listeners))
     return record_or_raise(outcome, run.path if run else None, run.record if run else None)
 

@@ -33,7 +33,7 @@ from bnexp.store.files import (
 )
 from bnexp.store.lock import HEARTBEAT_S, DirLock, busy_message, owner_info
 from bnexp.store.record import RunRecord, read_record
-from bnexp.store.safeio import open_append, open_file
+from bnexp.store.safeio import naming, open_append, write_record
 
 
 class RunMoved(BnexpError):
@@ -103,21 +103,8 @@ class Run:
         self.save()
 
     def save(self) -> None:
-        """Replace run.json atomically; on a full disk, overwrite it in place instead (its old blocks
-        are reused, so that works when no new block can be had): a torn record is still better than
-        a final status lost."""
-        text = json.dumps(self.record.to_json(), indent=2, default=str) + "\n"
-        try:
-            write_atomic(self.path / RUN_FILE, text, dir_fd=self.dir_fd)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            try:
-                with os.fdopen(open_file(RUN_FILE, os.O_WRONLY, dir_fd=self.dir_fd), "w") as handle:
-                    handle.write(text)
-                    handle.truncate()
-            except OSError:
-                raise exc from None
+        """Replace run.json (in place on a full disk: see :func:`write_record`)."""
+        write_record(self.path / RUN_FILE, self.record.to_json(), dir_fd=self.dir_fd)
         self._saved_at = time.monotonic()
 
     def heartbeat(self) -> None:
@@ -128,8 +115,11 @@ class Run:
 
     def log(self, entry: dict) -> None:
         """Append one record to metrics.jsonl (never through a planted link: see bnexp.store.safeio)."""
-        with os.fdopen(open_append(METRICS_FILE, dir_fd=self.dir_fd), "w") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        try:
+            with os.fdopen(open_append(METRICS_FILE, dir_fd=self.dir_fd), "w") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            raise naming(exc, self.path / METRICS_FILE) from exc
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop records written after the checkpoint a continued run restarts from (and a torn last

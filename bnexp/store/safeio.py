@@ -119,12 +119,37 @@ def write_atomic(path: Path | str, content: str | bytes, dir_fd: Optional[int] =
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path.name if dir_fd is not None else path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise naming(exc, path) from exc
         raise
+
+
+def naming(exc: OSError, path: Path | str) -> OSError:
+    """``exc`` naming ``path``: a failed ``write`` (a full disk) names no file; its errno is kept."""
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, str(path))
+
+
+def write_record(path: Path | str, data: Any, dir_fd: Optional[int] = None) -> None:
+    """A record (run.json, sweep.json) written atomically; on a full disk, overwritten in place
+    instead, compactly (its old blocks are reused, so that works when no new block can be had): a
+    torn record is still better than a final status lost, a run or sweep left looking alive."""
+    try:
+        write_json(path, data, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        try:
+            with os.fdopen(open_file(Path(path).name if dir_fd is not None else path, os.O_WRONLY, dir_fd=dir_fd),
+                           "w") as handle:
+                handle.write(json.dumps(data, separators=(",", ":"), default=str))
+                handle.truncate()
+        except OSError:
+            raise exc from None
 
 
 def write_json(path: Path | str, data: Any, dir_fd: Optional[int] = None) -> None:

@@ -16,6 +16,24 @@ from bnexp.tracking.sinks import Sink, final_metrics, hparams
 HISTOGRAM_BINS = 64
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread keeps its error (a full disk) and raises it again in the thread
+    that writes next, where the run reports it in one line; Python would also print the thread's
+    traceback: not for those threads."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "bnexp", False):
+        return
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.bnexp = True
+    threading.excepthook = hook
+
+
 class TensorBoardSink(Sink):
     """TensorBoard event files in the run directory; the HParams entry in the run's own event file."""
 
@@ -24,6 +42,7 @@ class TensorBoardSink(Sink):
         from torch.utils.tensorboard import SummaryWriter
 
         self.cfg = cfg
+        _quiet_writer_threads()
         # a deep queue: the writer thread checksums events in pure Python; training should not wait on it
         self.writer = SummaryWriter(log_dir=str(run.path), purge_step=None if resumed_at is None else resumed_at + 1,
                                     max_queue=1000, flush_secs=10)
