@@ -149,7 +149,7 @@ def main() -> None:
         if _debug():
             raise
         if isinstance(exc, OSError) and exc.filename:  # a full disk, a folder not writable: name the file
-            error_line(describe_error(exc) if exc.errno == errno.ENOSPC else f"{exc.filename}: {exc.strerror or exc}")
+            error_line(describe_error(exc) if exc.errno == errno.ENOSPC else f"{os.fsdecode(exc.filename)}: {exc.strerror or exc}")
             sys.exit(1)
         error_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)

@@ -487,6 +487,19 @@ def test_nproc_is_checked_against_the_machine_up_front(cli):
     assert not cli.out.exists()
 
 
+def test_nproc_is_checked_against_available_memory(monkeypatch):
+    import torch
+
+    from bnexp.core.errors import BnexpError
+    from bnexp.engine import ranks
+
+    monkeypatch.setattr(ranks.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(ranks, "available_memory", lambda: 1 << 30)  # 1 GB free: room for 2 workers
+    ranks.check_resources(torch.device("cpu"), 2)
+    with pytest.raises(BnexpError, match=r"nproc=8: 8 processes need about 3,200 MB .* 1,024 MB are available"):
+        ranks.check_resources(torch.device("cpu"), 8)
+
+
 def _hold_lock(directory: Path) -> subprocess.Popen:
     """A process that takes a run's lock the way a writer does (and names itself in it)."""
     code = ("import fcntl, os, socket, sys, time\n"
@@ -531,7 +544,7 @@ def test_a_run_moved_away_while_training_stops_and_says_so(cli):
     os.rename(run_dir, trash / run_dir.name)
     _, stderr = process.communicate(timeout=60)
     record = json.loads((trash / run_dir.name / "run.json").read_text())
-    assert process.returncode == 130 and record["status"] == "interrupted" and "moved" in record["message"]
+    assert process.returncode == 130 and record["status"] == "interrupted" and "moved" in record["message"], (stderr, record)
     assert "moved or deleted" in stderr.strip().splitlines()[-1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -50,7 +51,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, BnexpError):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename:
-        return f"cannot write {exc.filename}: {write_failure(exc, Path(exc.filename).parent)}"
+        name = os.fsdecode(exc.filename)  # TensorBoard's file layer names files in bytes
+        return f"cannot write {name}: {write_failure(exc, Path(name).parent)}"
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 

@@ -29,17 +29,21 @@ class RunLog(Callback):
         self.run.heartbeat()  # every HEARTBEAT_S however long log_every_steps takes: a late one means stalled
 
     def on_log(self, loop, log):
-        if self.run.moved():
-            raise RunMoved(f"the directory of run {self.run.path.name} was moved or deleted while it trained "
-                           f"(stopped at step {loop.progress.step}; its record went with it)")
+        self.check_in_place(loop)
         self.run.log(log.entry())
         self.run.record.metrics = dict(loop.progress.metrics)
         self.run.heartbeat()
 
     def on_epoch(self, loop, entry):
+        self.check_in_place(loop)  # before the checkpoint and TensorBoard write by path
         self.run.log(entry)
         self.update(loop)
         self.run.save()
+
+    def check_in_place(self, loop) -> None:
+        if self.run.moved():
+            raise RunMoved(f"the directory of run {self.run.path.name} was moved or deleted while it trained "
+                           f"(stopped at step {loop.progress.step}; its record went with it)")
 
     def update(self, loop) -> None:
         r = self.run.record
