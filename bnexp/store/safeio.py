@@ -146,10 +146,25 @@ def write_record(path: Path | str, data: Any, dir_fd: Optional[int] = None) -> N
         try:
             with os.fdopen(open_file(Path(path).name if dir_fd is not None else path, os.O_WRONLY, dir_fd=dir_fd),
                            "w") as handle:
-                handle.write(json.dumps(data, separators=(",", ":"), default=str))
+                info = os.fstat(handle.fileno())
+                text = _fitting(data, max(info.st_size, info.st_blocks * 512))
+                if text is None:  # not even the short form fits in the old blocks: leave the old record whole
+                    raise exc
+                handle.write(text)
                 handle.truncate()
         except OSError:
             raise exc from None
+
+
+def _fitting(data: Any, room: int) -> Optional[str]:
+    """``data`` as compact JSON in at most ``room`` bytes: whole, or with each job row of a sweep
+    record cut to its id, status and message; None if neither fits."""
+    text = json.dumps(data, separators=(",", ":"), default=str)
+    if len(text.encode()) > room and isinstance(data, dict) and isinstance(data.get("jobs"), list):
+        jobs = [{k: str(j.get(k))[:200] if k == "message" and j.get(k) else j.get(k) for k in ("id", "status", "message")}
+                for j in data["jobs"] if isinstance(j, dict)]
+        text = json.dumps({**data, "jobs": jobs}, separators=(",", ":"), default=str)
+    return text if len(text.encode()) <= room else None
 
 
 def write_json(path: Path | str, data: Any, dir_fd: Optional[int] = None) -> None:
