@@ -158,11 +158,10 @@ def write_record(path: Path | str, data: Any, dir_fd: Optional[int] = None) -> N
 
 def _fitting(data: Any, room: int) -> Optional[str]:
     """``data`` as compact JSON in at most ``room`` bytes: whole, or with each job row of a sweep
-    record cut to its id, status and message; None if neither fits."""
+    record kept to its id, status and message; None if neither fits."""
     text = json.dumps(data, separators=(",", ":"), default=str)
     if len(text.encode()) > room and isinstance(data, dict) and isinstance(data.get("jobs"), list):
-        jobs = [{k: str(j.get(k))[:200] if k == "message" and j.get(k) else j.get(k) for k in ("id", "status", "message")}
-                for j in data["jobs"] if isinstance(j, dict)]
+        jobs = [{k: j.get(k) for k in ("id", "status", "message")} for j in data["jobs"] if isinstance(j, dict)]
         text = json.dumps({**data, "jobs": jobs}, separators=(",", ":"), default=str)
     return text if len(text.encode()) <= room else None
 
