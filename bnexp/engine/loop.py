@@ -198,11 +198,6 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
     for batch in batches[done:]:
         if p.step >= loop.total_steps:
             break
-        if loop.ranks.size == 1 and stop_requested():  # Ctrl-C/SIGTERM: stop at this step boundary, saving it
-            # (several ranks stop together at an agreed log step instead: Ranks.sum)
-            p.partial = {"seen": seen, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                         "window": [last.seen, float(last.loss_sum), int(last.correct)]} if done or seen else {}
-            raise KeyboardInterrupt
         idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
         x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
         loop.hist_due = loop.hist_every_steps > 0 and (p.step == 0 or (p.step + 1) % loop.hist_every_steps == 0)
@@ -218,6 +213,7 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
         loss_sum += summed.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         listeners.on_step(loop)
+        stop = loop.ranks.size == 1 and stop_requested()  # several ranks agree on their stop in ranks.sum
         if p.step % log_every == 0 or p.step == loop.total_steps:
             now = time.perf_counter()
             total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
@@ -229,6 +225,10 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
                                             lr=loop.scheduler.get_last_lr()[0],
                                             examples_per_s=window / max(now - last.time, 1e-9)))
             last = Window(seen, total_loss, total_correct, now)
+        if stop:  # Ctrl-C/SIGTERM: stop after this step (and its log), saving the epoch's sums so far
+            p.partial = {"seen": seen, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                         "window": [last.seen, float(last.loss_sum), int(last.correct)]}
+            raise KeyboardInterrupt
     loop.hist_due = False
     elapsed = time.perf_counter() - epoch_start
     total_loss, total_correct = loop.ranks.sum(loss_sum, correct)
