@@ -436,7 +436,9 @@ def test_ctrl_c_mid_epoch_saves_the_step_and_resume_continues_exactly(cli):
     stopped = json.loads((run_dir / "run.json").read_text())
     step = int(stderr.split("stopped at step ")[1].split()[0])
     assert process.returncode == 130 and stopped["status"] == "interrupted"
-    assert f"continue from step {step} with: bnexp train resume={run_dir}" in stderr.strip().splitlines()[-1]
+    last = stderr.strip().splitlines()[-1]
+    assert f"stopped at step {step} (epoch 1 of" in last and "continues from" not in last  # resumes where it stopped
+    assert f"; continue with: bnexp train resume={run_dir}" in last
     import torch
 
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["progress"]

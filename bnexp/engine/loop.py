@@ -125,13 +125,15 @@ def failure(loop: TrainingState, exc: BaseException) -> str:
 
 
 def stop_message(loop: TrainingState) -> str:
-    """What an interrupted run says: where it stopped, and the step it will continue from (the step
-    checkpoint saved on the way out, or the last epoch's), or that it cannot be continued."""
+    """What an interrupted run says: where it stopped, the step it will continue from when that is
+    not where it stopped (no step checkpoint on the way out: the last epoch's), and the command to
+    continue it, or that it cannot be continued."""
     p, cfg = loop.progress, loop.cfg
     where = f"stopped at step {p.step} (epoch {loop.epoch} of {loop.epochs})"
     continue_at = p.step if p.partial else (p.metrics.get("step") if p.epoch >= 1 else None)
     if loop.run is not None and cfg.checkpoint and continue_at is not None:
-        return f"{where}; continue from step {continue_at} with: bnexp train resume={loop.run.path}"
+        saved = "" if continue_at == p.step else f"; it continues from step {continue_at}"
+        return f"{where}{saved}; continue with: bnexp train resume={loop.run.path}"
     again = (loop.run.record.repro.get("command") if loop.run is not None else None) or "bnexp train ..."
     why = "checkpoint=false" if not cfg.checkpoint else "nothing was saved before it stopped"
     return f"{where}; it cannot be resumed ({why}, no checkpoint); start it again with: {again}"
