@@ -8,7 +8,8 @@ not dominate. Prints one table and the ratios parallel / sequential (target on 2
 
     python scripts/bench_sweep.py                 # 2 rounds, jobs of ~15 s
     python scripts/bench_sweep.py --repeat 3 --epochs 300
-    python scripts/bench_sweep.py --overhead 12    # per-job overhead of 12 one-epoch jobs; -j 2 / -j 1
+    python scripts/bench_sweep.py --overhead 12    # per-job overhead of 12 one-epoch jobs; -j 2 / -j 1,
+                                                   # for those and for 12 jobs of >= 1 s (--long-epochs)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def run_sweep(output_dir: Path, extra: list[str], epochs: int) -> tuple[float, d
 # Per-job overhead: many tiny jobs, where the sweep's own work per job is what shows
 
 
-TINY_JOB = ["epochs=1", "dataset.limit_train=256", "dataset.limit_val=128", "batch_size=64", "hist_every_steps=0",
+TINY_JOB = ["dataset.limit_train=256", "dataset.limit_val=128", "batch_size=64", "hist_every_steps=0",
             "log_every_steps=50", "threads=1", "device=cpu", "recalibrate_batches=0"]
 
 
@@ -57,7 +58,7 @@ def plain_loop(output_dir: Path, jobs: int) -> float:
         "import sys, time\n"
         "from bnexp.config.compose import load\n"
         "from bnexp.launch.trainer import train\n"
-        f"args = {TINY_JOB!r}\n"
+        f"args = {TINY_JOB + ['epochs=1']!r}\n"
         "train(load(args + ['seed=999']), args, progress=False)  # warm: imports, data cache\n"
         "started = time.perf_counter()\n"
         f"for seed in range({jobs}):\n"
@@ -71,36 +72,49 @@ def plain_loop(output_dir: Path, jobs: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def tiny_sweep(output_dir: Path, jobs: int, extra: list[str]) -> float:
+def tiny_sweep(output_dir: Path, jobs: int, extra: list[str], epochs: int = 1) -> tuple[float, float]:
+    """Wall seconds of one ``bnexp sweep`` of ``jobs`` jobs, and the mean training time of a job."""
     env = {**os.environ, "BNEXP_OUTPUT_DIR": str(output_dir)}
     seeds = f"seed=range({jobs})" if jobs > 1 else "seed=0"
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bnexp", "sweep", seeds, *TINY_JOB, *extra], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bnexp", "sweep", seeds, *TINY_JOB, f"epochs={epochs}", *extra],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"bnexp sweep {' '.join(extra)} failed:\n{done.stdout}\n{done.stderr}")
-    return time.perf_counter() - started
+    newest = max((output_dir / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
+    durations = [job["duration_s"] or 0 for job in json.loads((newest / "sweep.json").read_text())["jobs"]]
+    return wall, statistics.mean(durations)
 
 
-def overhead(repeat: int, jobs: int) -> None:
+def overhead(repeat: int, jobs: int, long_epochs: int) -> None:
     """Per-job cost of a sweep beyond the training itself: (wall of N jobs - wall of 1 job) / (N - 1),
-    minus the same training's time in a plain loop; and ``-j 2`` against ``-j 1`` on the same jobs."""
-    rows: dict[str, list[float]] = {"plain": [], "seq1": [], "seqN": [], "par1": [], "parN": []}
+    minus the same training's time in a plain loop; and ``-j 2`` against ``-j 1`` on the same jobs,
+    one-epoch jobs and jobs of ``long_epochs`` epochs (>= 1 s each)."""
+    rows: dict[str, list[float]] = {k: [] for k in ("plain", "seq1", "seqN", "parN", "longSeq", "longPar", "longJob")}
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bnexp-bench-overhead-") as tmp:
         for _ in range(repeat):
             rows["plain"].append(plain_loop(Path(tmp), jobs))
-            rows["seq1"].append(tiny_sweep(Path(tmp), 1, ["--launcher", "basic"]))
-            rows["seqN"].append(tiny_sweep(Path(tmp), jobs, ["--launcher", "basic"]))
-            rows["par1"].append(tiny_sweep(Path(tmp), 1, ["-j", "2"]))
-            rows["parN"].append(tiny_sweep(Path(tmp), jobs, ["-j", "2"]))
+            rows["seq1"].append(tiny_sweep(Path(tmp), 1, ["--launcher", "basic"])[0])
+            rows["seqN"].append(tiny_sweep(Path(tmp), jobs, ["--launcher", "basic"])[0])
+            rows["parN"].append(tiny_sweep(Path(tmp), jobs, ["-j", "2"])[0])
+            wall, job = tiny_sweep(Path(tmp), jobs, ["--launcher", "basic"], long_epochs)
+            rows["longSeq"].append(wall)
+            rows["longJob"].append(job)
+            rows["longPar"].append(tiny_sweep(Path(tmp), jobs, ["-j", "2"], long_epochs)[0])
+            loads.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in rows.items()}
     per_job_seq = (med["seqN"] - med["seq1"]) / (jobs - 1)
-    print(f"{jobs} one-epoch jobs ({' '.join(TINY_JOB)}), {os.cpu_count()} cores, median of {repeat}:")
-    print(f"  plain loop in one process:     {med['plain']:.3f} s per job")
+    print(f"{jobs} jobs ({' '.join(TINY_JOB)}), {os.cpu_count()} cores, median of {repeat}, "
+          f"1-min load average {min(loads):.1f}-{max(loads):.1f} during the run:")
+    print(f"  plain loop in one process:     {med['plain']:.3f} s per one-epoch job")
     print(f"  sweep, sequential (basic):     {med['seqN']:.1f} s wall; {per_job_seq:.3f} s per job "
           f"(start-up excluded); overhead {per_job_seq - med['plain']:.3f} s per job (target <= 0.15)")
     print(f"  sweep, -j 2 (joblib):          {med['parN']:.1f} s wall")
-    print(f"  -j 2 / -j 1 wall for {jobs} jobs:  {med['parN'] / med['seqN']:.2f}x (target <= 1.0 for tiny jobs)")
+    print(f"  -j 2 / -j 1 wall, one-epoch jobs:            {med['parN'] / med['seqN']:.2f}x (target <= 1.0)")
+    print(f"  -j 2 / -j 1 wall, {long_epochs}-epoch jobs ({med['longJob']:.2f} s each): "
+          f"{med['longPar']:.1f} s / {med['longSeq']:.1f} s = {med['longPar'] / med['longSeq']:.2f}x (target < 1.0)")
 
 
 def main() -> None:
@@ -109,9 +123,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="rounds of every mode, in turn; medians reported")
     parser.add_argument("--overhead", type=int, metavar="JOBS", default=0,
                         help="instead: the per-job overhead of JOBS one-epoch jobs, and -j 2 against -j 1")
+    parser.add_argument("--long-epochs", type=int, default=60,
+                        help="with --overhead: epochs of the longer jobs (default 60: >= 1 s each on one core)")
     args = parser.parse_args()
     if args.overhead:
-        overhead(args.repeat, args.overhead)
+        overhead(args.repeat, args.overhead, args.long_epochs)
         return
 
     modes = {"sequential (basic, torch's default threads)": ["--launcher", "basic"],

@@ -109,3 +109,26 @@ def test_numbers_written_with_str_are_what_hydra_writes_and_reads_back(value):
     assert f"{value}" == Override._get_value_element_as_str(value)
     (parsed,) = OverridesParser.create().parse_overrides([f"x={value}"])
     assert parsed.value() == value and type(parsed.value()) is type(value)
+
+
+def test_each_jobs_config_is_hydras_own_though_composed_once_per_shape(tmp_path):
+    """The launchers' ``load_sweep_config`` goes through :class:`hydra_adapter.ReusingLoader`: jobs
+    that differ only in values reuse one composition, and each result equals, node for node (the
+    ``hydra`` node included), what Hydra's own loader composes for that job."""
+    from omegaconf import OmegaConf
+
+    app = hydra_adapter.MultirunApp(BASE + [f"hydra.sweep.dir={tmp_path}", "epochs=1"])
+    loader = app.context.config_loader
+    assert isinstance(loader, hydra_adapter.ReusingLoader)
+    jobs = [[f"norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"]
+            for norm in ("none", "custom") for lr in (0.1, 0.5) for seed in (0, 1)]
+    jobs += [["norm=custom", "optimizer.lr=0.2", "seed=3", "+hydra.job.env_set.NOTE=a"],  # composed by Hydra
+             ["norm=custom", "optimizer.lr=0.2", "seed=3", "+hydra.job.env_set.NOTE=b"]]
+    for number, job in enumerate(jobs):
+        overrides = [*job, f"hydra.sweep.subdir={number}-${{norm.kind}}"]
+        reused = loader.load_sweep_config(app.cfg, overrides)
+        composed = loader.loader.load_sweep_config(app.cfg, overrides)
+        assert OmegaConf.to_container(reused) == OmegaConf.to_container(composed), job
+        assert reused.hydra.overrides.task == job[:3] and reused.seed == int(job[2].split("=")[1])
+    shapes = [key for key in hydra_adapter.SHAPES if key[0] == str(tmp_path)]
+    assert len(shapes) == 4  # two norms, and each of the two jobs Hydra composed itself

@@ -76,3 +76,32 @@ def test_several_nodes_need_an_endpoint_and_a_valid_rank(cli):
     one_line_error(cli("train", "nnodes=2", "rdzv_endpoint=127.0.0.1:1", "node_rank=2", check=False), "node_rank=2")
     one_line_error(cli("train", "nnodes=2", "nproc=2", "batch_size=30", "rdzv_endpoint=h:1", check=False),
                    "multiple of 4")
+
+
+def test_inside_slurm_the_node_rank_and_endpoint_come_from_the_allocation(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from bnexp.launch.multiproc import first_host, node_rank, rendezvous_endpoint
+
+    assert [first_host(s) for s in ("gpu[07-09,12],cpu01", "vm", "a1,a2", "node[3]", "x[003,005]")] == \
+        ["gpu07", "vm", "a1", "node3", "x003"]
+    cfg = OmegaConf.create({"nnodes": 2, "node_rank": None, "rdzv_endpoint": None})
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # one task per node: the task's rank (also on a shared machine)
+    assert node_rank(cfg) == 1 and rendezvous_endpoint(cfg) == "gpu07:20123"
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # more tasks than nodes: the machine's index
+    assert node_rank(cfg) == 0
+    cfg.node_rank, cfg.rdzv_endpoint = 1, "10.0.0.1:29400"  # given settings win
+    assert node_rank(cfg) == 1 and rendezvous_endpoint(cfg) == "10.0.0.1:29400"
+
+
+def test_a_slurm_sweep_of_several_node_jobs_asks_for_a_task_per_node(cli):
+    shown = cli("sweep", "--launcher", "submitit_slurm", "nnodes=2", "nproc=2", "seed=0,1", "--dry-run").stdout
+    assert "#SBATCH --nodes=2" in shown and "#SBATCH --ntasks-per-node=1" in shown and "#SBATCH --cpus-per-task=2" in shown
+    assert "note: hydra.launcher.tasks_per_node" not in shown  # no rdzv_endpoint needed: Slurm names node 0
+    noted = cli("sweep", "--launcher", "submitit_slurm", "nnodes=2", "hydra.launcher.tasks_per_node=3",
+                "--dry-run").stdout
+    assert "3 Slurm tasks for jobs of nnodes=2" in noted

@@ -101,3 +101,48 @@ def test_workers_share_one_search_and_a_killed_workers_trial_is_retried(tmp_path
     assert len(retry) == 1 and retry[0].params == failed[0].params
     assert retry[0].user_attrs["run"] == killed_run.name  # the retry continued the killed trial's run
     assert len(list(sweep_dir.glob("*/run.json"))) == TRIALS  # no run left behind by the killed worker
+
+
+def journal_study(sweep_dir: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal")))
+    return optuna.load_study(study_name=sweep_dir.name, storage=journal)
+
+
+def test_workers_on_a_launcher_drive_one_search_without_batches(tmp_path):
+    """``--workers 2``: the sweep starts two worker processes, each asking for its next trial as
+    soon as its last one ends; together they bring the study to the asked number of trials."""
+    import optuna
+
+    out = tmp_path / "outputs"
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": "200"}
+    long_trials = [a for a in JOB if not a.startswith("epochs=")] + ["epochs=60"]  # a few s each
+    done = subprocess.run([sys.executable, "-m", "bnexp", "sweep", "--trials", "3", "--workers", "2", *SPACE,
+                           *long_trials], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 asynchronous workers" in done.stdout and "completed" in done.stdout
+    (sweep_dir,) = (out / "sweeps").iterdir()
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sweep["status"] == "completed" and sweep["workers"] == 2 and sweep["optuna"]["completed"] == 3
+    trials = journal_study(sweep_dir).get_trials()
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(completed) == 3 and len({t.user_attrs["run"] for t in completed}) == 3
+    logs = sorted(p.name for p in (sweep_dir / "workers").iterdir())
+    assert logs == ["worker-0.log", "worker-1.log"]
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(pids) == 2 and os.getpid() not in pids  # both workers trained, the sweep itself none
+    for k in (0, 1):
+        assert f"worker {k}: job " in done.stdout
+
+
+def test_workers_are_checked_before_anything_starts(cli):
+    from conftest import one_line_error
+
+    one_line_error(cli("sweep", "--workers", "2", "seed=0,1", check=False), "--workers N", "--trials N")
+    one_line_error(cli("sweep", "--workers", "0", "--trials", "2", *SPACE, check=False), "--workers 0")
+    one_line_error(cli("sweep", "--workers", "2", "-j", "2", "--trials", "2", *SPACE, check=False), "--jobs 2")
+    assert not cli.out.exists()
+    shown = cli("sweep", "--workers", "3", "--trials", "6", *SPACE, "--dry-run").stdout
+    assert "3 asynchronous workers" in shown

@@ -88,6 +88,22 @@ def test_optuna_search_on_slurm(sweep_env):
     assert sorted(r["status"] for r in runs.values()) == ["completed"] * 3
 
 
+def test_workers_of_a_search_run_as_slurm_tasks(slurm, sweep_env):
+    """``--workers 2`` on Slurm: one job array of two tasks, each an ask-train-tell worker of the
+    same study; the search ends with the asked number of completed trials."""
+    done = bnexp(sweep_env, "sweep", "--launcher", "submitit_slurm", "--trials", "3", "--workers", "2",
+                 "optimizer.lr=tag(log,interval(0.01,1))", *TINY)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count("Slurm job") == 2 and output.count("ended: its work is done") == 2, output
+    assert "sacct" not in output and "WARNING" not in output
+    sweep_dir, sweep, runs = jobs_of(sweep_env)
+    assert sweep["status"] == "completed" and sweep["optuna"]["completed"] == 3, sweep
+    assert sorted(r["status"] for r in runs.values()) == ["completed"] * 3
+    assert len(list(sweep_dir.glob(".submitit/*_[01]/*_log.out"))) == 2  # the two array tasks' logs
+    assert not slurm.active_jobs()
+
+
 def _wait_for(predicate, timeout, what, process=None):
     deadline = time.monotonic() + timeout
     while not (found := predicate()):
@@ -174,6 +190,28 @@ def test_killed_sweep_leaves_no_job_on_the_cluster(slurm, sweep_env):
     assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"]  # the third never started
     shown = json.loads(bnexp(sweep_env, "show", sweep_dir.name, "--json").stdout)
     assert shown["status"] == "dead" and sorted(j["status"] for j in shown["jobs"]) == ["interrupted"] * 2
+
+
+def test_a_job_of_two_nodes_takes_its_ranks_and_rendezvous_from_slurm(slurm, sweep_env, tmp_path):
+    """``nnodes=2`` in a Slurm sweep: one Slurm task per node, node rank and node 0's address from
+    the allocation (no rdzv_endpoint given). The fixture has one machine, so both tasks share it
+    (``tasks_per_node=2``); the run must equal ``nproc=2`` on one node exactly."""
+    run = ["epochs=2", "dataset.limit_train=256", "dataset.limit_val=128", "batch_size=32", "norm=custom",
+           "norm.sync=true", "hist_every_steps=0", "threads=1", "log_every_steps=2"]
+    done = bnexp(sweep_env, "sweep", "--launcher", "submitit_slurm", "nnodes=2", "nproc=1", "seed=0",
+                 "hydra.launcher.tasks_per_node=2", *run)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sweep_dir, _, runs = jobs_of(sweep_env)
+    ((name, record),) = runs.items()  # one run: node 0's
+    assert record["status"] == "completed" and record["repro"]["processes"] == 2, record
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out"))
+    assert "node 1 of 2 done; the run is recorded by node 0" in logs, logs
+    single = subprocess.run([sys.executable, "-m", "bnexp", "train", "nproc=2", "seed=0", *run, "-q"],
+                            env={**sweep_env, "BNEXP_OUTPUT_DIR": str(tmp_path / "one")}, capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    (reference,) = (tmp_path / "one" / "runs").iterdir()
+    assert epochs(sweep_dir / name) == epochs(reference)
 
 
 def test_a_job_of_several_processes_asks_slurm_for_their_cores_and_uses_its_allocation(slurm, sweep_env):

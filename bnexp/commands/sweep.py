@@ -39,7 +39,8 @@ def _dry_run(p) -> None:
             console.print(f"  {i}: {' '.join(job)}", highlight=False)
     else:
         goal = "maximizing" if higher_is_better(p.metric) else "minimizing"
-        console.print(f"Optuna search ({p.sampler}), {p.trials} trials {goal} {p.metric}, launcher {p.launcher}; "
+        workers = f", {p.workers} asynchronous workers" if p.workers else ""
+        console.print(f"Optuna search ({p.sampler}), {p.trials} trials {goal} {p.metric}, launcher {p.launcher}{workers}; "
                       f"fixed: {' '.join(p.fixed) or '-'}; space:", highlight=False)
         for key, distribution in p.space.items():
             console.print(f"  {key}: {describe(distribution)}", highlight=False)
@@ -76,6 +77,9 @@ def sweep(
     worker: bool = typer.Option(False, "--worker", help="Work on the search in this process: ask a trial, train "
                                 "it, tell the result, until the study has --trials completed trials. Start any "
                                 "number (--study ID --worker) on machines that see the sweep directory."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run the search with N asynchronous workers "
+                                          "(ask, train, tell; none waits for another's trial), started by the "
+                                          "launcher: child processes here, or a job array of N tasks on Slurm."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Keep the Optuna study in this database "
                                           "(any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db) instead "
                                           "of the journal file in the sweep directory."),
@@ -101,6 +105,15 @@ def sweep(
     if worker and (resume or (not study and not trials)):
         raise BnexpError("--worker works on an Optuna search: start one with --trials N, or join one with "
                          "--study ID")
+    if workers is not None:
+        if workers < 1:
+            raise BnexpError(f"--workers {workers}: must be >= 1")
+        if worker or resume or (not study and not trials):
+            raise BnexpError("--workers N starts N workers on an Optuna search: with --trials N (a new search) or "
+                             "--study ID (continue one); --worker joins one in this process instead")
+        if jobs is not None:
+            raise BnexpError(f"--jobs {jobs} sizes the batches of a search; --workers {workers} runs it without "
+                             "batches: give one of them")
     if storage and earlier and not worker:
         raise BnexpError("--storage names where a new search keeps its study (or, with --worker, where to "
                          "find it); a continued sweep uses the storage it was made with")
@@ -110,7 +123,7 @@ def sweep(
                              f"drop {' '.join(overrides)}")
         from bnexp.launch import continuing
 
-        preview = continuing.preview(earlier, study=bool(study), trials=trials, worker=worker)
+        preview = continuing.preview(earlier, study=bool(study), trials=trials, worker=worker or bool(workers))
         if dry_run:
             continuing.print_preview(preview)
             return
@@ -118,12 +131,13 @@ def sweep(
             continuing.print_nothing_to_do(preview)
             return
         session = (sweeps.join(study, trials, sampler_seed, storage) if worker
-                   else sweeps.resume(earlier, trials, jobs, sampler_seed))
+                   else sweeps.resume(earlier, trials, jobs, sampler_seed, workers))
     else:
         if storage and not trials:
             raise BnexpError("--storage is where an Optuna search keeps its study; add --trials N")
         p = plan(overrides, launcher=launcher, jobs=jobs, metric=metric, trials=trials,
                         sampler=sampler, sampler_seed=sampler_seed or 0, storage=storage)
+        p.workers = workers or 0
         if dry_run:
             _dry_run(p)
             return
@@ -131,6 +145,8 @@ def sweep(
     p, sweep_dir = session.plan, session.dir
     console = Console()
     at_once = f", {p.jobs_at_once} at once" if p.jobs_at_once > 1 else ""
+    if p.workers and not session.worker:
+        at_once = f", {p.workers} asynchronous worker{'s' if p.workers > 1 else ''}"
     what = f"{len(p.grid)} jobs" if p.kind == "grid" else f"Optuna search to {p.trials} trials ({p.sampler})"
     if session.worker:
         what = f"worker (pid {os.getpid()}) of the Optuna search to {p.trials} completed trials ({p.sampler})"

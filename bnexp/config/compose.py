@@ -8,6 +8,7 @@ default) is :mod:`bnexp.config.schema`; the tables of swappable parts :mod:`bnex
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from typing import Any, Optional
 
@@ -164,8 +165,9 @@ def _choice(key: str, value: str, valid) -> None:
     _require(value in valid, f"{key}={value}: valid values are {', '.join(valid)}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values a type cannot express; every failure names the key, the value and what is valid."""
+def validate(cfg: DictConfig, on_slurm: bool = False) -> None:
+    """Check values a type cannot express; every failure names the key, the value and what is valid.
+    ``on_slurm``: the run will start inside a Slurm job (whose allocation names node 0)."""
     m, n, o = cfg.model, cfg.norm, cfg.optimizer
     _choice("model", m.name, MODELS)
     _choice("model.activation", m.activation, ACTIVATIONS)
@@ -230,8 +232,9 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.batch_size % world == 0,
              f"batch_size={cfg.batch_size} with nproc={cfg.nproc}" + (f" nnodes={cfg.nnodes}" if cfg.nnodes > 1 else "")
              + f": the global batch must split evenly over the processes; use a multiple of {world}")
-    _require(cfg.nnodes == 1 or bool(cfg.rdzv_endpoint),
-             f"nnodes={cfg.nnodes}: give rdzv_endpoint=HOST:PORT, the address of node 0 that every node can reach")
+    _require(cfg.nnodes == 1 or bool(cfg.rdzv_endpoint) or on_slurm or "SLURM_JOB_NODELIST" in os.environ,
+             f"nnodes={cfg.nnodes}: give rdzv_endpoint=HOST:PORT, the address of node 0 that every node can reach "
+             "(inside a Slurm job it defaults to the allocation's first machine)")
     _require(cfg.node_rank is None or 0 <= cfg.node_rank < cfg.nnodes,
              f"node_rank={cfg.node_rank}: must be in 0..{cfg.nnodes - 1} (nnodes={cfg.nnodes})")
     _require(cfg.rdzv_timeout > 0, f"rdzv_timeout={cfg.rdzv_timeout}: must be > 0 (seconds)")

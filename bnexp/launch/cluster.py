@@ -159,28 +159,13 @@ def launch(launcher, settings: tuple[str, dict[str, Any], Path], job_overrides: 
     ``ended(number, overrides, job_return, reason)`` makes its row: ``job_return`` is Hydra's
     JobReturn, or None with ``reason`` for a job that ended without one. Returns the rows in job
     order."""
-    import submitit
     from hydra.core.singleton import Singleton
     from hydra.core.utils import filter_overrides
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
 
-    executor_kind, params, sweep_dir = settings
-    params = dict(params)
-    executor = submitit.AutoExecutor(cluster=executor_kind, folder=params.pop("submitit_folder"),
-                                     **({f"{executor_kind}_max_num_timeout": params.pop("max_num_timeout")}
-                                        if "max_num_timeout" in params else {}))
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"{executor_kind}_{k}": v for k, v in params.items()})
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    executor, slurm = _executor(settings)
     numbers = [initial_job_idx + i for i in range(len(job_overrides))]
     arguments = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
                  for n, o in zip(numbers, job_overrides)]
-    slurm = executor_kind == "slurm"
-    if slurm:
-        from submitit.slurm.slurm import SlurmJob
-
-        SlurmJob.watcher = quiet_slurm_watcher()
     with _reaper(slurm) as reaper:
         jobs = executor.map_array(launcher, *zip(*arguments))
         if reaper:
@@ -199,6 +184,60 @@ def launch(launcher, settings: tuple[str, dict[str, Any], Path], job_overrides: 
             if len(results) < len(jobs):
                 time.sleep(poll_s)
     return [results[i] for i in range(len(jobs))]
+
+
+def _executor(settings: tuple[str, dict[str, Any], Path]):
+    """submitit's executor with the launcher's settings, as hydra-submitit-launcher makes it;
+    and whether it submits to Slurm (then job states are read quietly)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    executor_kind, params, sweep_dir = settings
+    params = dict(params)
+    executor = submitit.AutoExecutor(cluster=executor_kind, folder=params.pop("submitit_folder"),
+                                     **({f"{executor_kind}_max_num_timeout": params.pop("max_num_timeout")}
+                                        if "max_num_timeout" in params else {}))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{executor_kind}_{k}": v for k, v in params.items()})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    slurm = executor_kind == "slurm"
+    if slurm:
+        from submitit.slurm.slurm import SlurmJob
+
+        SlurmJob.watcher = quiet_slurm_watcher()
+    return executor, slurm
+
+
+def run_workers(settings: tuple[str, dict[str, Any], Path], command: list[str], count: int,
+                poll_s: float = 1.0) -> None:
+    """``count`` workers of a search (:mod:`bnexp.launch.workers`), each running ``command`` as one
+    task of a job array with the launcher's settings, all at once; waits for every one and says
+    how each ended. The reaper cancels them if the sweep dies."""
+    executor, slurm = _executor(settings)
+    if slurm:
+        executor.update_parameters(slurm_array_parallelism=count)
+    with _reaper(slurm) as reaper:
+        jobs = executor.map_array(run_command, [command] * count)
+        if reaper:
+            reaper.watch([j.job_id for j in jobs])
+        ended: set[int] = set()
+        while len(ended) < len(jobs):
+            for k, job in enumerate(jobs):
+                if k not in ended and job.done():
+                    ended.add(k)
+                    failure = job.exception()
+                    code = job.result() if failure is None else None
+                    how = (_reason(job, failure) if failure is not None else "its work is done" if code in (0, 1)
+                           else f"exited with status {code}; see {job.paths.stdout}")
+                    print(f"worker {k} ({'Slurm ' if slurm else ''}job {job.job_id}) ended: {how}", flush=True)
+            if len(ended) < len(jobs):
+                time.sleep(poll_s)
+
+
+def run_command(command: list[str]) -> int:
+    """In a submitted task: run one worker, its output in the task's log; its exit status."""
+    return subprocess.call(command)
 
 
 def _reason(job, exception: BaseException) -> str:
@@ -243,11 +282,12 @@ def sbatch_script(p: Plan, settings: dict[str, Any]) -> tuple[str, list[str]]:
     script = slurm._make_sbatch_string(command=command, folder=folder, map_count=jobs if jobs > 1 else None, **params)
     jobs_overrides = p.grid if p.kind == "grid" else [p.fixed]
     nproc = max(int(override_value(job, "nproc") or 1) for job in jobs_overrides)
+    nnodes = max(int(override_value(job, "nnodes") or 1) for job in jobs_overrides)
     notes = []
-    if settings["tasks_per_node"] != 1 or settings["nodes"] != 1:
-        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: every "
-                     "Slurm task would train the same job; keep one task on one node per job (bnexp starts the "
-                     "job's nproc processes itself)")
+    if settings["tasks_per_node"] * settings["nodes"] != nnodes:
+        notes.append(f"hydra.launcher.tasks_per_node={settings['tasks_per_node']} nodes={settings['nodes']}: "
+                     f"{settings['tasks_per_node'] * settings['nodes']} Slurm tasks for jobs of nnodes={nnodes}; "
+                     "give each job one task per node (bnexp starts the job's nproc processes itself)")
     gpus = settings.get("gpus_per_node")
     if nproc > 1 and not gpus:
         notes.append(f"nproc={nproc} without hydra.launcher.gpus_per_node: the processes train on CPU (gloo); for "

@@ -60,7 +60,7 @@ class MultirunApp:
         self.cfg = self.hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN,
                                              with_log_configuration=True)
         self.callbacks = Callbacks(self.cfg)
-        self.context = HydraContext(config_loader=self.hydra.config_loader, callbacks=self.callbacks)
+        self.context = HydraContext(config_loader=ReusingLoader(self.hydra.config_loader), callbacks=self.callbacks)
 
     @contextlib.contextmanager
     def multirun(self):
@@ -75,6 +75,70 @@ class MultirunApp:
 
         return Plugins.instance().instantiate_launcher(hydra_context=self.context, task_function=task_function,
                                                        config=self.cfg)
+
+
+class ReusingLoader:
+    """Hydra's config loader, composing each job's config (``load_sweep_config``, called by every
+    launcher for every job) once per *shape* instead of once per job. Jobs whose overrides choose
+    the same config groups and set the same keys differ only in those keys' values, so the config
+    of the first such job is copied and the next job's values are applied to it with Hydra's own
+    override code (``_apply_overrides_to_config``), its ``hydra.overrides`` lists and
+    ``override_dirname`` set as Hydra sets them: ~0.2 s of composing becomes a few milliseconds.
+    Anything else (``+key``, ``~key``, a key the config does not have) is composed by Hydra.
+    ``tests/test_hydra_adapter.py`` checks that the result equals Hydra's own, node for node.
+    The shapes are kept per process (:data:`SHAPES`, keyed by the sweep), so a joblib worker,
+    which gets a fresh copy of the loader with every job, reuses them too."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name: str):
+        if name == "loader":  # not set yet: unpickling asks before __init__ ran
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def load_sweep_config(self, master_config, sweep_overrides: list[str]):
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        hydra_overrides = list(OmegaConf.to_container(master_config.hydra.overrides.hydra))
+        parsed = OverridesParser.create().parse_overrides(hydra_overrides + list(sweep_overrides))
+        groups = master_config.hydra.runtime.choices
+        plain = [o for o in parsed if not (o.is_add() or o.is_delete() or o.package is not None
+                                          or o.key_or_group in groups)]
+        shape = (str(master_config.hydra.sweep.dir), tuple(master_config.hydra.overrides.task),
+                 tuple(o.input_line for o in parsed if o not in plain), tuple(o.key_or_group for o in plain))
+        known = SHAPES.get(shape)
+        if known is None or not all(_has(known, o.key_or_group) for o in plain):
+            config = self.loader.load_sweep_config(master_config, list(sweep_overrides))
+            if len(SHAPES) >= MAX_SHAPES:
+                SHAPES.clear()
+            SHAPES[shape] = copy.deepcopy(config)
+            return config
+        config = copy.deepcopy(known)
+        ConfigLoaderImpl._apply_overrides_to_config(plain, config)
+        naming = config.hydra.job.config.override_dirname
+        config.hydra.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+        config.hydra.overrides.task = [o.input_line for o in parsed if not o.is_hydra_override()]
+        config.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=[o for o in parsed if not o.is_hydra_override()], kv_sep=naming.kv_sep, item_sep=naming.item_sep,
+            exclude_keys=naming.exclude_keys)
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)
+        return config
+
+
+SHAPES: dict[tuple, Any] = {}  # (sweep dir, its overrides, group choices, keys set) -> a job's composed config
+MAX_SHAPES = 64
+_ABSENT = object()
+
+
+def _has(config, key: str) -> bool:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(config, key, default=_ABSENT, throw_on_resolution_failure=False) is not _ABSENT
 
 
 def submitit_settings(launcher) -> tuple[str, dict[str, Any], Path] | None:

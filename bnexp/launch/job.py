@@ -14,6 +14,7 @@ from bnexp.config.compose import one_line
 from bnexp.core.errors import BnexpError, sigterm_as_interrupt
 from bnexp.core.vocab import fmt_seconds, is_plumbing
 from bnexp.engine.callbacks import Callback
+from bnexp.launch.multiproc import node_rank
 from bnexp.launch.plan import threads_per_job
 from bnexp.store.files import RUN_FILE, now_iso, write_json
 from bnexp.store.lock import busy_message, is_locked
@@ -56,6 +57,10 @@ def run_job(cfg) -> dict:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    if cfg.nnodes > 1 and node_rank(cfg) > 0:  # node 0's task owns the job directory and records the run
+        return _follow(cfg, overrides, hydra_cfg.launcher)
+    if cfg.nnodes == 1 and os.environ.get("SLURM_PROCID", "0") != "0":  # a spare task of an array sized for more nodes
+        return None
     local_worker = any(name in str(hydra_cfg.launcher.get("_target_", "")) for name in LOCAL_WORKERS)
     watch = [OrphanWatch(run_dir.parent)] if local_worker else []
     on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
@@ -129,12 +134,29 @@ def _train_job(cfg, run_dir: Path, overrides: list[str], launcher_cfg, watch: li
         train(continued.cfg, continued.overrides, resume=run_dir, progress=progress, callbacks=watch)
         return
     _clear_job_dir(run_dir)
-    cfg = check_schema(cfg)
+    cfg = _with_threads(check_schema(cfg), launcher_cfg)
+    validate(cfg)
+    train(cfg, overrides, run_dir=run_dir, progress=progress, callbacks=watch)
+
+
+def _follow(cfg, overrides: list[str], launcher_cfg) -> None:
+    """Another node's task of a several-node job (a Slurm job of ``nnodes`` tasks, each running this
+    function): it starts its processes, which join node 0's at the rendezvous, and touches nothing
+    in the job directory."""
+    from bnexp.config.compose import check_schema, validate
+    from bnexp.launch.trainer import train
+
+    cfg = _with_threads(check_schema(cfg), launcher_cfg)
+    validate(cfg)
+    with sigterm_as_interrupt():
+        train(cfg, overrides, progress=False)
+
+
+def _with_threads(cfg, launcher_cfg):
     if cfg.threads is None:  # the job's share of the cores, split among its own processes
         share = threads_per_job(launcher_cfg)
         cfg.threads = max(1, share // cfg.nproc) if share else None
-    validate(cfg)
-    train(cfg, overrides, run_dir=run_dir, progress=progress, callbacks=watch)
+    return cfg
 
 
 def record_failure(run_dir: Path, cfg, overrides: list[str], message: str) -> None:

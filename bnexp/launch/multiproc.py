@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
@@ -102,7 +103,7 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
                     if cfg.nnodes == 1:
                         raise
                     raise BnexpError(f"node 0: the {cfg.nnodes} nodes did not meet at rdzv_endpoint="
-                                     f"{cfg.rdzv_endpoint} within rdzv_timeout={cfg.rdzv_timeout} s ({one_line(exc)});"
+                                     f"{rendezvous_endpoint(cfg)} within rdzv_timeout={cfg.rdzv_timeout} s ({one_line(exc)});"
                                      " it must be an address of this machine that the other nodes reach") from None
     except BaseException:
         if made and not (target / RUN_FILE).exists():
@@ -112,17 +113,43 @@ def launch(cfg, overrides: list[str], *, run_dir: Optional[Path], resume: Option
 
 
 def node_rank(cfg) -> int:
-    """This node's rank among ``nnodes``: ``node_rank``, else Slurm's (one ``bnexp train`` task per
-    node: ``SLURM_NODEID``, or ``SLURM_PROCID``)."""
+    """This node's rank among ``nnodes``: ``node_rank``, else Slurm's. Each node is one Slurm task
+    running ``bnexp train`` (which starts the node's ``nproc`` processes), so with ``nnodes`` tasks
+    the task's rank ``SLURM_PROCID`` is the node rank (also when tasks share a machine); otherwise
+    the machine's index in the allocation, ``SLURM_NODEID``."""
     if cfg.nnodes == 1:
         return 0
     if cfg.node_rank is not None:
         return int(cfg.node_rank)
-    for key in ("SLURM_NODEID", "SLURM_PROCID"):
+    one_task_per_node = os.environ.get("SLURM_NTASKS") == str(cfg.nnodes)
+    for key in ("SLURM_PROCID", "SLURM_NODEID") if one_task_per_node else ("SLURM_NODEID", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     raise BnexpError(f"nnodes={cfg.nnodes}: give node_rank=0..{cfg.nnodes - 1} on each node (or start the "
                      "nodes as one Slurm task each, which says it)")
+
+
+def rendezvous_endpoint(cfg) -> str:
+    """Where the nodes meet: ``rdzv_endpoint``, else, inside a Slurm job, the first machine of the
+    allocation (``SLURM_JOB_NODELIST``, where task 0 runs) on a port derived from the job id, so
+    that runs of different jobs sharing a machine do not collide."""
+    if cfg.rdzv_endpoint:
+        return str(cfg.rdzv_endpoint)
+    nodes, job = os.environ.get("SLURM_JOB_NODELIST", ""), os.environ.get("SLURM_JOB_ID", "")
+    if not nodes or not job.isdigit():
+        raise BnexpError(f"nnodes={cfg.nnodes}: give rdzv_endpoint=HOST:PORT, the address of node 0 that every "
+                         "node can reach (inside a Slurm job it defaults to the allocation's first machine)")
+    return f"{first_host(nodes)}:{20000 + int(job) % 20000}"
+
+
+def first_host(nodelist: str) -> str:
+    """The first machine of a Slurm host list: ``gpu[07-09,12],cpu01`` -> ``gpu07`` (what
+    ``scontrol show hostnames`` prints first)."""
+    head = re.match(r"[^,\[]*(\[[^\]]*\])?", nodelist.strip()).group(0)
+    if "[" not in head:
+        return head
+    prefix, ranges = head[:-1].split("[", 1)
+    return prefix + re.split("[,-]", ranges)[0]
 
 
 def _launch_config(cfg, log_dir: str, node: int):
@@ -137,7 +164,7 @@ def _launch_config(cfg, log_dir: str, node: int):
             probe.bind(("127.0.0.1", 0))
             endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
     else:
-        endpoint = cfg.rdzv_endpoint
+        endpoint = rendezvous_endpoint(cfg)
     run_id = f"bnexp-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else f"bnexp-{endpoint}"  # the same on every node
     return LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc, run_id=run_id, rdzv_backend="static", rdzv_endpoint=endpoint,
                         rdzv_configs={"rank": node, "timeout": cfg.rdzv_timeout}, max_restarts=0,
@@ -167,7 +194,7 @@ def _launch_follower(cfg, overrides: list[str], node: int, progress: bool) -> No
             except (SignalException, KeyboardInterrupt):
                 raise Interrupted(f"node {node} of {cfg.nnodes} stopped") from None
             except Exception as exc:  # the rendezvous: node 0 unreachable, wrong endpoint, timeout
-                raise BnexpError(f"node {node}: could not join the run at rdzv_endpoint={cfg.rdzv_endpoint} "
+                raise BnexpError(f"node {node}: could not join the run at rdzv_endpoint={rendezvous_endpoint(cfg)} "
                                  f"within rdzv_timeout={cfg.rdzv_timeout} s ({one_line(exc)}); check that node 0 "
                                  "is started and that every node reaches that address") from None
     print(f"node {node} of {cfg.nnodes} done; the run is recorded by node 0", flush=True)

@@ -52,6 +52,7 @@ class Plan:
     sampler_seed: int = 0
     output_dir: str = "outputs"
     storage: Optional[str] = None  # optuna: a database URL; None: the journal in the sweep directory
+    workers: int = 0  # optuna: asynchronous workers the sweep starts (bnexp.launch.workers); 0: batches
 
 
 def _parse(overrides: list[str], loader) -> list:
@@ -197,19 +198,21 @@ def _cast(value, distribution):
     return int(value) if isinstance(distribution, od.IntDistribution) else value
 
 
-def _validate(alternatives: list[list[str]]):
+def _validate(alternatives: list[list[str]], on_slurm: bool):
     """Compose and validate the first job, then every other value of each swept key on top of it:
     each value is checked once (a compose per value, not per combination) before anything runs.
     The data source of each of those configs is found once too (files present, or downloaded),
     so a missing dataset stops the sweep here instead of failing every job."""
-    from bnexp.config.compose import dataset_settings, load
+    from bnexp.config.compose import compose, dataset_settings, validate
 
     first = [alts[0] for alts in alternatives]
-    cfg = load(first)
+    cfg = compose(first)
+    validate(cfg, on_slurm=on_slurm)
     sources = {_source_key(cfg): cfg}
     for i, alts in enumerate(alternatives):
         for alt in alts[1:]:
-            other = load(first[:i] + [alt] + first[i + 1:])
+            other = _with_value(cfg, alt) or compose(first[:i] + [alt] + first[i + 1:])
+            validate(other, on_slurm=on_slurm)
             sources.setdefault(_source_key(other), other)
     if any(c.dataset.name != "digits" for c in sources.values()):  # digits ships with scikit-learn
         from bnexp.data.datasets import check_source
@@ -219,20 +222,55 @@ def _validate(alternatives: list[list[str]]):
     return cfg
 
 
+def _with_value(cfg, override: str):
+    """``cfg`` with a plain ``key=value`` set and type-checked, as composing would give it without
+    composing again (~0.2 s per swept value); None for a config group choice, ``+``/``~`` or a
+    value that does not fit, which :func:`compose` then handles (and words the error)."""
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bnexp.config.compose import check_schema
+    from bnexp.config.schema import GROUP_SCHEMAS
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+        key = parsed.key_or_group
+        if parsed.is_add() or parsed.is_delete() or parsed.package is not None or "/" in key or \
+                key in ("experiment", *GROUP_SCHEMAS):
+            return None
+        changed = copy.deepcopy(cfg)
+        OmegaConf.update(changed, key, parsed.value(), merge=True)
+        return check_schema(changed)
+    except Exception:  # noqa: BLE001 - composing decides, and says what is wrong
+        return None
+
+
 def _source_key(cfg) -> str:
     d = cfg.dataset
     return repr([d.name, d.get("path"), d.get("images"), d.get("labels"), d.get("root"), d.get("download")])
 
 
-def _slurm_cpus(launcher: str, hydra_overrides: list[str], alternatives: list[list[str]], nproc: int) -> list[str]:
-    """On Slurm, a job of ``nproc`` processes asks for that many cores (``--cpus-per-task``; one
-    task per job), unless ``hydra.launcher.cpus_per_task`` says otherwise; inside the job each
-    process takes its share of the allocation."""
-    if launcher != "submitit_slurm" or any(override_key(o) == "hydra.launcher.cpus_per_task" for o in hydra_overrides):
+def _slurm_resources(launcher: str, hydra_overrides: list[str], alternatives: list[list[str]], cfg) -> list[str]:
+    """On Slurm, a job of ``nproc`` processes asks for that many cores (``--cpus-per-task``), and a
+    job of ``nnodes`` nodes for that many machines with one task each (``--nodes``,
+    ``--ntasks-per-node=1``: each task is one node's ``bnexp train``), unless the
+    ``hydra.launcher`` settings say otherwise; inside the job each process takes its share of the
+    allocation."""
+    if launcher != "submitit_slurm":
         return []
-    most = max([nproc, *(int(a.split("=", 1)[1]) for alts in alternatives for a in alts
-                         if override_key(a) == "nproc" and a.split("=", 1)[1].isdigit())])
-    return [f"hydra.launcher.cpus_per_task={most}"] if most > 1 else []
+    given = {override_key(o) for o in hydra_overrides}
+
+    def most(key: str, first: int) -> int:
+        return max([first, *(int(a.split("=", 1)[1]) for alts in alternatives for a in alts
+                             if override_key(a) == key and a.split("=", 1)[1].isdigit())])
+
+    wanted = {"cpus_per_task": most("nproc", cfg.nproc)}
+    nodes = most("nnodes", cfg.nnodes)
+    if nodes > 1 and not {"hydra.launcher.nodes", "hydra.launcher.tasks_per_node"} & given:
+        wanted.update(nodes=nodes, tasks_per_node=1)
+    return [f"hydra.launcher.{k}={v}" for k, v in wanted.items()
+            if f"hydra.launcher.{k}" not in given and (v > 1 or k == "tasks_per_node")]
 
 
 def describe(distribution_json: str) -> str:
@@ -290,8 +328,8 @@ def plan(args: list[str], *, launcher: Optional[str] = None, jobs: Optional[int]
                          "norm=none,custom,builtin")
     base_types = _base_types(load([o.input_line for o in parsed if not o.is_sweep_override()])) if kind == "optuna" else {}
     alternatives, space = _alternatives(parsed, kind, base_types)
-    cfg = _validate(alternatives)
-    hydra_overrides += _slurm_cpus(name, hydra_overrides, alternatives, cfg.nproc)
+    cfg = _validate(alternatives, on_slurm=name == "submitit_slurm")
+    hydra_overrides += _slurm_resources(name, hydra_overrides, alternatives, cfg)
     result = Plan(kind=kind, overrides=task, hydra_overrides=hydra_overrides, launcher=name, jobs_at_once=1,
                   metric=metric, swept=swept, fixed=[a[0] for a in alternatives if len(a) == 1 and
                                                      override_key(a[0]) not in swept],

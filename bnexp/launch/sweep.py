@@ -191,7 +191,7 @@ def start(p: Plan, name: Optional[str], jobs: Optional[int], worker: bool = Fals
     try:
         lock = DirLock(sweep_dir).acquire(lambda: busy_message(sweep_dir, "sweep"))
         app = _Hydra(p, sweep_dir, p.overrides if p.kind == "grid" else p.fixed)
-        p.jobs_at_once = app.jobs_at_once(p, jobs)
+        p.jobs_at_once = p.workers or app.jobs_at_once(p, jobs)
         write_json(sweep_dir / SWEEP_FILE, {"id": sweep_dir.name, "status": "running", "started": now_iso(),
                                             "ended": None, "owner": owner_info(), "heartbeat": now_iso(),
                                             **asdict(p), "jobs": []})
@@ -255,6 +255,11 @@ def _search(session: Session) -> tuple[list[RunRecord], dict]:
 
     if session.worker:
         return search.work_on(session.plan, session.dir, launch)
+    if session.plan.workers:
+        from bnexp.launch import workers
+        from bnexp.launch.hydra_adapter import submitit_settings
+
+        return workers.drive(session.plan, session.dir, submitit_settings(session.hydra.app.launcher(run_job)))
     return search.optimize(session.plan, session.dir, launch,
                            lambda rows, summary: finish(session, "running", rows, optuna=summary))
 
@@ -344,9 +349,11 @@ def join(ref: str, trials: Optional[int], sampler_seed: Optional[int] = None, st
     return Session(p, sweep_dir, _Hydra(p, sweep_dir, p.fixed), None, worker=True)
 
 
-def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: Optional[int] = None) -> Session:
+def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: Optional[int] = None,
+           workers: Optional[int] = None) -> Session:
     """Continue an earlier sweep in its own directory: a grid re-runs the jobs that did not complete
-    (continuing each from its checkpoint); a search goes on up to ``trials`` trials."""
+    (continuing each from its checkpoint); a search goes on up to ``trials`` trials (with
+    ``workers``: that many asynchronous workers, else as it was run)."""
     from bnexp.config.compose import load
 
     kind, sweep_dir = resolve(ref, Path(load([]).output_dir))
@@ -366,12 +373,18 @@ def resume(ref: str, trials: Optional[int], jobs: Optional[int], sampler_seed: O
             p.trials = trials
         if sampler_seed is not None:
             p.sampler_seed = sampler_seed
+        if workers is not None:
+            if p.kind != "optuna":
+                raise BnexpError(f"--workers {workers}: {sweep_dir.name} is a grid; workers drive Optuna searches")
+            p.workers = p.jobs_at_once = workers
+        if p.workers < 0:
+            raise BnexpError(f"{sweep_dir / SWEEP_FILE}: field 'workers' is {p.workers}; expected >= 0")
         app = _Hydra(p, sweep_dir, p.fixed if p.kind == "optuna" else p.overrides)
         if jobs:
             p.jobs_at_once = app.jobs_at_once(p, jobs)
         session = Session(p, sweep_dir, app, lock)
         session.save(status="running", ended=None, owner=owner_info(), heartbeat=now_iso(), trials=p.trials,
-                     jobs_at_once=p.jobs_at_once, sampler_seed=p.sampler_seed)
+                     jobs_at_once=p.jobs_at_once, sampler_seed=p.sampler_seed, workers=p.workers)
         return session
     except BaseException:
         lock.release()

@@ -224,7 +224,7 @@ SWEEP_FIELDS: dict[str, tuple[tuple, str, Optional[tuple]]] = {
     "owner": ((dict, type(None)), "an object or null", None), "launcher": (_STR, "a string", None),
     "metric": (_STR, "a string", None), "sampler": (_STR, "a string", None), "output_dir": (_STR, "a string", None),
     "jobs_at_once": ((int,), "an integer", None), "trials": ((int,), "an integer", None),
-    "sampler_seed": ((int,), "an integer", None),
+    "sampler_seed": ((int,), "an integer", None), "workers": ((int,), "an integer", None),
     "overrides": ((list,), "a list of strings", _STR), "hydra_overrides": ((list,), "a list of strings", _STR),
     "swept": ((list,), "a list of strings", _STR), "fixed": ((list,), "a list of strings", _STR),
     "grid": ((list,), "a list of lists of strings", (list,)), "jobs": ((list,), "a list of job records", (dict,)),
