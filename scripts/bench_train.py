@@ -3,13 +3,19 @@
 
 Trains the same model (LeNet + torch BatchNorm by default) with the same optimizer (the sgd
 config), seed and batch size on the same data (the 8,000-image train split of MNIST t10k read with
-``dataset=idx``) in one process, and reports training examples/s of five variants:
+``dataset=idx``) in one process, and reports training examples/s of these variants:
 
     course       the course notes' loop: a torchvision-style Dataset whose ``__getitem__`` builds a
                  PIL image and applies ``Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])``,
                  ``DataLoader(batch_size, shuffle=True, num_workers=0)``, ``loss.item()`` every step
     bare         the same model over pre-normalized, pre-batched tensors in a list: no shuffling,
                  metrics or logging; the upper bound
+    lightning    PyTorch Lightning: the same model and optimizer in a ``LightningModule`` (loss
+                 logged every step through ``self.log``), ``Trainer`` with a ``TensorBoardLogger``
+                 (``log_every_n_steps`` = bnexp's), a ``DataLoader(shuffle=True)`` over a
+                 ``TensorDataset`` of the pre-normalized images; no checkpointing, progress bar or
+                 model summary. Skipped, with a note, when ``lightning`` is not installed
+                 (``pip install lightning``; not a dependency of bnexp)
     bnexp        ``bnexp.launch.trainer.train(cfg, [], run_dir=tmp, progress=False)``: scalars every
                  ``log_every_steps`` (10), histograms off
     bnexp-quiet  the trainer without step logging (``log_every_steps`` 1e9, ``hist_every_steps`` 0)
@@ -20,6 +26,8 @@ config), seed and batch size on the same data (the 8,000-image train split of MN
     bnexp-probes the trainer with every BN-science probe on (shift every 10 steps, ICS and smoothness
                  every 50, signal propagation at the start; docs/bn-science.md): their cost. With the
                  probes off (the default) no probe listener exists, so ``bnexp`` *is* the probes-off run
+    bnexp-custom the same as bnexp-full with ``norm=custom`` (bnexp's own BatchNorm): custom vs
+                 builtin BN in the same run
 
 What is timed, alike for every variant: whole training epochs, from the epoch's first batch to its
 last optimizer step (device synchronized), after a warm-up (the trainer's first epoch; 20 batches
@@ -41,8 +49,8 @@ logging overhead is given twice: end to end (1 - full/quiet throughput, between 
 directly (time inside the trainer's listeners' per-step hooks / epoch time, within the same epochs;
 the gradient telemetry's forward and gradient hooks run inside the steps and count only end to end).
 
-    .venv/bin/python scripts/bench_train.py                 # ~3 min on 2 busy CPU cores
-    .venv/bin/python scripts/bench_train.py --quick         # one repeat, one timed epoch (~1 min)
+    .venv/bin/python scripts/bench_train.py                 # batch 64 and 256, ~8 min on 2 busy CPU cores
+    .venv/bin/python scripts/bench_train.py --quick         # one repeat, one timed epoch (~2 min)
     .venv/bin/python scripts/bench_train.py --device cuda --batch-size 64 256 --repeats 5
 """
 
@@ -81,7 +89,7 @@ from bnexp.engine.callbacks import Callback  # noqa: E402  (torch-free; after th
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-t10k"
 QUIET_LOG_EVERY = 10**9  # "never" for log_every_steps (it must be >= 1)
 WARMUP_BATCHES = 20  # warm-up of the course and bare loops (the trainer's warm-up is its whole first epoch)
-VARIANTS = ("course", "bare", "bnexp", "bnexp-quiet", "bnexp-full", "bnexp-probes")
+VARIANTS = ("course", "bare", "lightning", "bnexp", "bnexp-quiet", "bnexp-full", "bnexp-custom", "bnexp-probes")
 # bnexp-probes: every BN-science probe on (docs/bn-science.md), at these intervals
 PROBES = ["diagnostics.shift_every=10", "diagnostics.ics_every=50", "diagnostics.smooth_every=50",
           "diagnostics.signal_prop=true"]
@@ -91,7 +99,9 @@ NOTES_MEAN, NOTES_STD = (0.1307,), (0.3081,)
 
 TARGETS = {  # check -> (numerator variant, denominator variant, kind, target)
     "bnexp vs course": ("bnexp", "course", "ratio>=", 2.0),
-    "bnexp vs bare": ("bnexp", "bare", "ratio>=", 0.9),
+    "bnexp full logging vs bare": ("bnexp-full", "bare", "ratio>=", 0.97),
+    "bnexp full logging vs lightning": ("bnexp-full", "lightning", "ratio>=", 1.15),
+    "custom BN vs builtin BN (full logging)": ("bnexp-custom", "bnexp-full", "ratio>=", 1.0),
     "logging overhead (full)": ("bnexp-full", "bnexp-quiet", "overhead<=", 0.03),
 }
 
@@ -99,12 +109,13 @@ TARGETS = {  # check -> (numerator variant, denominator variant, kind, target)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Targets: bnexp >= 2x course, bnexp >= 0.9x bare, full logging <= 3%%.")
+                                epilog="Targets: bnexp >= 2x course; with full logging >= 0.97x bare and >= 1.15x "
+                                       "Lightning; norm=custom >= 1.0x builtin; full logging <= 3%%.")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"directory holding the MNIST t10k IDX files (default: {DEFAULT_DATA})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[64], metavar="B",
-                   help="one or more batch sizes, each benchmarked separately (default: 64)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64, 256], metavar="B",
+                   help="one or more batch sizes, each benchmarked separately (default: 64 256)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants (default: 3)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per variant and repeat (default: 2)")
     p.add_argument("--quick", action="store_true", help="short run: 1 repeat, 1 timed epoch")
@@ -297,6 +308,67 @@ def run_bare(cfg, data, device, epochs: int) -> list[Epoch]:
     return timed
 
 
+def lightning_missing() -> Optional[str]:
+    """Why the Lightning variant cannot run here, or None."""
+    try:
+        import lightning  # noqa: F401
+    except ImportError as exc:
+        return f"lightning is not installed ({exc}); pip install lightning to measure it"
+    return None
+
+
+def run_lightning(cfg, data, device, epochs: int, log_every: int) -> list[Epoch]:
+    """What a Lightning user writes: a LightningModule, a DataLoader, Trainer.fit with TensorBoard.
+
+    Timed from inside, like the trainer: from ``on_train_epoch_start`` to ``on_train_epoch_end``
+    (the device synchronized); the first epoch is the warm-up."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, optimizer = fresh_model(cfg, data, device)
+    x_all = data.normalize(data.train_x.to(device))
+    dataset = TensorDataset(x_all, data.train_y.to(device))
+    drop_last = len(dataset) % cfg.batch_size == 1  # a last batch of one example breaks BatchNorm
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
+
+    class Classifier(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return optimizer
+
+    class Timer(L.Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_train_epoch_start(self, trainer, module):
+            sync(device)
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_train_epoch_end(self, trainer, module):
+            sync(device)
+            self.epochs.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory(prefix="bench_train-lightning-") as tmp:
+        trainer = L.Trainer(max_epochs=1 + epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                            logger=TensorBoardLogger(tmp, name="lightning"), log_every_n_steps=log_every,
+                            callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp)
+        trainer.fit(Classifier(), train_dataloaders=loader)
+    seen = len(dataset) - (1 if drop_last else 0)
+    return [Epoch(seen, wall, cpu) for wall, cpu in timer.epochs[1:]]
+
+
 class EpochTimer(Callback):
     """A listener that times the trainer from inside, passed as ``train(..., callbacks=[timer])``.
 
@@ -395,6 +467,7 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
     cfg_quiet = config(QUIET_LOG_EVERY, 0)
     cfg_full = config(args.log_every, args.hist_every)
     cfg_probes = config(args.log_every, 0, tuple(PROBES))
+    cfg_custom = config(args.log_every, args.hist_every, ("norm=custom",))
     device = torch.device(args.device)
     data = load_dataset(cfg_scalars.dataset, device)  # the trainer's own split: the same images for all
 
@@ -403,6 +476,9 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
                    lambda: run_course(cfg_scalars, data, device, args.epochs, args.workers)),
         "bare": ("pre-normalized pre-batched tensors; no shuffle, metrics or logging",
                  lambda: run_bare(cfg_scalars, data, device, args.epochs)),
+        "lightning": (f"Lightning Trainer + TensorBoardLogger (log every {args.log_every} steps), "
+                      "DataLoader(shuffle) over a TensorDataset",
+                      lambda: run_lightning(cfg_scalars, data, device, args.epochs, args.log_every)),
         "bnexp": (f"train(): scalars every {args.log_every} steps, histograms off",
                   lambda: run_bnexp(cfg_scalars, data, args.epochs)),
         "bnexp-quiet": ("train(): no step logging (log_every_steps=1e9, hist_every_steps=0)",
@@ -410,10 +486,13 @@ def bench_batch_size(args, base_overrides: list[str], data_dir: Path, batch_size
         "bnexp-full": (f"train(): scalars every {args.log_every}, histograms and gradient telemetry every "
                        f"{args.hist_every} steps",
                        lambda: run_bnexp(cfg_full, data, args.epochs)),
+        "bnexp-custom": ("bnexp-full with norm=custom (bnexp's BatchNorm)",
+                         lambda: run_bnexp(cfg_custom, data, args.epochs)),
         "bnexp-probes": (f"train(): scalars every {args.log_every}, BN-science probes on ({' '.join(PROBES)})",
                          lambda: run_bnexp(cfg_probes, data, args.epochs)),
     }
-    names = [n for n in runners if args.variants is None or n in args.variants]
+    names = [n for n in runners if (args.variants is None or n in args.variants)
+             and not (n == "lightning" and lightning_missing())]
     variants = {n: Variant(n, runners[n][0]) for n in names}
     for r in range(args.repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always first or last
@@ -443,19 +522,19 @@ def report(args, results: list[dict], settings: dict, console) -> list[dict]:
         table = Table(title=f"training throughput, batch {res['batch_size']}, {res['train_examples']:,} train images "
                             f"(median over timed epochs; ratios: median of per-repeat ratios; {clock} clock)",
                       title_justify="left")
-        for col in ("variant", "what", unit[clock], "min..max", unit[other], "vs course", "vs bare", "in log calls",
-                    "val diagnostics"):
+        for col in ("variant", "what", unit[clock], "min..max", unit[other], "vs course", "vs bare", "vs lightning",
+                    "in log calls", "val diagnostics"):
             table.add_column(col, justify="left" if col in ("variant", "what") else "right")
         for v in vs.values():
             rates = v.rates(clock)
             ratio = {ref: (f"{paired_ratio(v, vs[ref], clock)[0]:.2f}x" if ref in vs else "-")
-                     for ref in ("course", "bare")}
+                     for ref in ("course", "bare", "lightning")}
             trainer = v.name.startswith("bnexp")
             share = f"{v.log_share(clock):.1%}" if trainer else "-"
             diagnostics = f"{v.diagnostics_share(clock):.1%}" if trainer else "-"
             table.add_row(v.name, v.what, f"{statistics.median(rates):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
-                          f"{statistics.median(v.rates(other)):,.0f}", ratio["course"], ratio["bare"], share,
-                          diagnostics)
+                          f"{statistics.median(v.rates(other)):,.0f}", ratio["course"], ratio["bare"],
+                          ratio["lightning"], share, diagnostics)
         console.print(table)
 
         target_table = Table(title=f"targets, batch {res['batch_size']} ({clock} clock: median, min..max over "
@@ -494,6 +573,36 @@ def report(args, results: list[dict], settings: dict, console) -> list[dict]:
                 [min(shares), max(shares)])
         console.print(target_table)
     return checks
+
+
+def summary(checks: list[dict], batch_sizes: list[int], console) -> None:
+    """Every check of every batch size side by side: the figures of the README's table in one place."""
+    from rich.table import Table
+
+    table = Table(title="all ratios side by side (median, min..max over repeats)", title_justify="left")
+    table.add_column("check")
+    for b in batch_sizes:
+        table.add_column(f"batch {b}", justify="right")
+    table.add_column("target", justify="right")
+    labels = list(dict.fromkeys(c["check"] for c in checks))
+    for label in labels:
+        cells, target = [], "-"
+        for b in batch_sizes:
+            check = next((c for c in checks if c["check"] == label and c["batch_size"] == b), None)
+            if check is None:
+                cells.append("-")
+                continue
+            overhead = "overhead" in label
+            lo, hi = check["range"]
+            text = (f"{check['value']:.1%} ({lo:.1%}..{hi:.1%})" if overhead
+                    else f"{check['value']:.2f}x ({lo:.2f}..{hi:.2f})")
+            if check["met"] is not None:
+                text = f"[green]{text}" if check["met"] else f"[red]{text}"
+            cells.append(text)
+            if check["target"] is not None:
+                target = f"<= {check['target']:.0%}" if overhead else f">= {check['target']:g}x"
+        table.add_row(label, *cells, target)
+    console.print(table)
 
 
 def main(argv=None) -> int:
@@ -546,7 +655,17 @@ def main(argv=None) -> int:
                     f"python {platform.python_version()}",
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
+    missing = lightning_missing()
+    if missing:
+        settings["lightning"] = f"skipped: {missing}"
+    else:
+        import lightning
+
+        settings["versions"] += f", lightning {lightning.__version__}"
     checks = report(args, results, settings, console)
+    summary(checks, args.batch_size, console)
+    if missing:
+        console.print(f"[yellow]note: the Lightning column was skipped: {missing}")
     if os.getloadavg()[0] > (os.cpu_count() or 1) and args.device == "cpu":
         console.print(f"[yellow]note: the machine was busy (load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
                       f"CPUs): wall-clock rates are depressed and noisy; the CPU-time clock is the steadier one.")

@@ -40,8 +40,8 @@ Beyond torch's layers, two training-time options (keyword-only constructor argum
 
 Accuracy: in float32 the errors against a float64 computation are at most torch's, and far
 smaller for inputs whose mean is large next to their spread (``tests/test_norm.py`` measures
-both). Statistics come from the corrected two-pass algorithm around a rounded mean, per-channel
-sums and constants are float64, and the output is ``(x - center) * scale + shift`` rather than
+both). Statistics come from the corrected two-pass algorithm around a center (the mean of the
+first few examples), per-channel sums and constants are float64, and the output is ``(x - center) * scale + shift`` rather than
 torch's ``x * scale + shift``, which cancels catastrophically when ``|mean| >> std``.
 
 Speed (``scripts/bench_bn.py``): :class:`_BatchNormFunction` computes the forward in a handful of
@@ -82,6 +82,10 @@ __all__ = [
 # cheap, and it leaves the float32 roundings of the elementwise passes as the only sizeable errors.
 STATS_DTYPE = torch.float64
 
+# Examples whose mean centers the statistics (see _batch_stats): enough for a center well within a
+# standard deviation of the batch mean, few enough that finding it costs a small part of a pass.
+CENTER_SAMPLES = 16
+
 
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     """A length-C vector shaped ``(1, C, 1, ...)`` to broadcast against ``x``."""
@@ -94,10 +98,12 @@ def _channel_sum(t: Tensor) -> Tensor:
     The plane sums run in ``t``'s dtype, with torch's pairwise (cascade) summation; their float64
     sum over the batch then adds no rounding of its own. (A float64 sum of the whole tensor would
     first copy it to float64: twice its memory and four times the time.) Two short reductions are
-    also faster than one over dims (0, 2, 3, ...).
+    also faster than one over dims (0, 2, 3, ...). For (N, C) inputs, where a plane is one value,
+    the batch sum itself runs pairwise in ``t``'s dtype and is then converted.
     """
-    planes = t.sum(tuple(range(2, t.dim())), keepdim=True) if t.dim() > 2 else t
-    return planes.sum(0, keepdim=True, dtype=STATS_DTYPE)
+    if t.dim() == 2:  # one value per plane: a float64 copy of t would cost more than the sum itself
+        return t.sum(0, keepdim=True).to(STATS_DTYPE)
+    return t.sum(tuple(range(2, t.dim())), keepdim=True).sum(0, keepdim=True, dtype=STATS_DTYPE)
 
 
 def _channel_sum_of_squares(t: Tensor) -> Tensor:
@@ -106,8 +112,10 @@ def _channel_sum_of_squares(t: Tensor) -> Tensor:
     One read of ``t`` for the norm of each (n, c) plane (rounded like :func:`_channel_sum`'s plane
     sums), then the float64 norm of those over the batch, squared.
     """
-    planes = torch.linalg.vector_norm(t, dim=tuple(range(2, t.dim())), keepdim=True) if t.dim() > 2 else t
-    return torch.linalg.vector_norm(planes, dim=0, keepdim=True, dtype=STATS_DTYPE).square()
+    if t.dim() == 2:
+        return torch.linalg.vector_norm(t, dim=0, keepdim=True).to(STATS_DTYPE).square_()
+    planes = torch.linalg.vector_norm(t, dim=tuple(range(2, t.dim())), keepdim=True)
+    return torch.linalg.vector_norm(planes, dim=0, keepdim=True, dtype=STATS_DTYPE).square_()
 
 
 def _values_per_channel(x: Tensor) -> int:
@@ -135,10 +143,14 @@ def _all_gather_stats(mean: Tensor, var: Tensor, count: int, group) -> tuple[Ten
 def _batch_stats(x: Tensor, deviations: Tensor, sync_group=None) -> tuple[Tensor, Tensor, Tensor, int]:
     """Per-channel ``(center, mean, var, count)`` of the batch, leaving ``x - center`` in ``deviations``.
 
-    The corrected two-pass algorithm (Chan, Golub & LeVeque 1983): a first mean, rounded to ``x``'s
-    dtype, is the ``center``; the deviations ``d = x - center`` then give ``mean = center + mean(d)``
-    and the biased ``var = mean(d^2) - mean(d)^2``. ``x - center`` is exact for values within a
-    factor of 2 of the mean and the deviations are small, so a mean that is large next to the
+    The shifted-data form of the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the
+    mean of the first ``CENTER_SAMPLES`` examples, in ``x``'s dtype, is the ``center``; the
+    deviations ``d = x - center`` then give ``mean = center + mean(d)`` and the biased
+    ``var = mean(d^2) - mean(d)^2``, whose relative rounding grows only like
+    ``1 + mean(d)^2 / var`` (about 1 for a center within a standard deviation of the mean, which a
+    sample mean is). Taking the center from a sample rather than from a full first pass saves a
+    read of the whole input. ``x - center`` is exact for values within a
+    factor of 2 of the center and the deviations are small, so a mean that is large next to the
     spread costs no precision, whereas torch's kernel computes the output as ``x * scale + shift``
     and loses a factor 10^4 of it at mean -100 and std 0.01. ``mean``/``var``: float64;
     ``center``: ``x``'s dtype; all ``(1, C, 1, ...)``. ``deviations`` is the output buffer, which
@@ -147,7 +159,10 @@ def _batch_stats(x: Tensor, deviations: Tensor, sync_group=None) -> tuple[Tensor
     """
     count = _values_per_channel(x)
     divisor = max(count, 1)  # a synchronized rank may hold an empty batch
-    center = (_channel_sum(x) / divisor).to(x.dtype)
+    if x.shape[0]:
+        center = x[:CENTER_SAMPLES].mean((0, *range(2, x.dim())), keepdim=True)
+    else:
+        center = x.new_zeros((1, x.shape[1], *[1] * (x.dim() - 2)))
     torch.sub(x, center, out=deviations)
     shift = _channel_sum(deviations) / divisor
     var = torch.addcmul(_channel_sum_of_squares(deviations) / divisor, shift, shift, value=-1)
@@ -192,13 +207,13 @@ def _batch_norm_math(x: Tensor, weight: Tensor | None, bias: Tensor | None, stat
 def _update_running_stats(running_mean, running_var, mean: Tensor, var: Tensor, m: int, momentum) -> None:
     """``running = (1 - momentum) * running + momentum * batch`` (a lerp), fed the *unbiased* variance.
 
-    Computed in float64 and rounded once into the buffers, in place (so call it without autograd,
-    inside a Function's forward). ``momentum``: a float, or a 0-dim float64 tensor on the compiled
-    path.
+    The batch statistics are rounded once to the buffers' dtype and lerped in it, in place, as
+    torch's kernel does (so call it without autograd, inside a Function's forward). ``momentum``: a
+    float, or a 0-dim tensor on the compiled path.
     """
     for running, batch in ((running_mean, mean), (running_var, var * (m / (m - 1)))):
         if running is not None:
-            running.copy_(running.to(STATS_DTYPE).lerp_(batch.view(-1), momentum))
+            running.lerp_(batch.view(-1).to(running.dtype), momentum)
 
 
 def batch_norm_backward(
@@ -671,7 +686,7 @@ class _BatchNorm(nn.Module):
         if self.compiled and use_batch_stats and sync_group is None and input.numel() >= COMPILE_MIN_NUMEL:
             _check_arguments(input, running_mean, running_var, self.weight, self.bias, True, self.eps)
             if self.momentum is None and running_mean is not None:  # a new factor each step: no recompiles
-                factor = torch.tensor(factor, dtype=STATS_DTYPE, device=running_mean.device)
+                factor = torch.tensor(factor, dtype=running_mean.dtype, device=running_mean.device)
             return _compiled_train_step(input, self.weight, self.bias, running_mean, running_var, factor, self.eps)
         return batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps,
                           sync_group=sync_group)
