@@ -23,6 +23,14 @@ from bnexp.core.errors import BnexpError, describe_error, error_line
 COMMAND_ORDER = ["train", "sweep", "runs", "show", "curves", "compare", "export", "tag", "rm", "tensorboard",
                  "report", "check_bn"]
 
+# Which module registers each command, so that running one imports only its module (a test checks
+# this table against what the modules register; a command missing here still works, less lazily).
+COMMAND_MODULES = {"train": "train", "sweep": "sweep", "runs": "runs", "show": "show", "curves": "curves",
+                   "compare": "compare", "export": "export", "tag": "tag", "note": "tag", "rm": "rm",
+                   "restore": "rm", "tensorboard": "tensorboard", "report": "report", "check-bn": "check_bn",
+                   "recalibrate": "recalibrate", "import": "import_runs"}
+ROOT_FLAGS = ("--debug",)  # root options that come before the command name and take no value
+
 app = typer.Typer(
     name="bnexp",
     help="Batch-normalization experiment tracker: train, sweep, compare and inspect BN runs.",
@@ -48,17 +56,41 @@ def _root(
         os.environ["BNEXP_DEBUG"] = "1"
 
 
-def _register_commands() -> None:
-    """Add every command module's commands to the app, once per process (tests call main() often)."""
+def _register_commands(args: Optional[list[str]] = None) -> None:
+    """Add the commands to the app: only the module of the command being run when ``args`` name one
+    in :data:`COMMAND_MODULES` (start-up then imports nothing else), every module otherwise (help,
+    an unknown command). Once per process for the full set (tests call main() often)."""
     import bnexp.commands as commands
 
-    if app.registered_commands:
+    name = _command_name(args) if args is not None else None
+    if name in COMMAND_MODULES:
+        module = importlib.import_module(f"bnexp.commands.{COMMAND_MODULES[name]}")
+        registered = {c.callback.__module__ for c in app.registered_commands if c.callback is not None}
+        if module.__name__ not in registered:
+            module.register(app)
         return
-
+    registered = {c.callback.__module__ for c in app.registered_commands if c.callback is not None}
     found = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
     ordered = [n for n in COMMAND_ORDER if n in found] + sorted(set(found) - set(COMMAND_ORDER))
-    for name in ordered:
-        importlib.import_module(f"bnexp.commands.{name}").register(app)
+    for module_name in ordered:
+        module = importlib.import_module(f"bnexp.commands.{module_name}")
+        if module.__name__ not in registered:
+            module.register(app)
+    order = {f"bnexp.commands.{n}": i for i, n in enumerate(ordered)}  # --help lists them in this order
+    app.registered_commands.sort(key=lambda c: order.get(getattr(c.callback, "__module__", ""), len(order)))
+
+
+def _command_name(args: list[str]) -> Optional[str]:
+    """The command ``args`` run (the first word after the root flags), or None for help/version."""
+    for arg in args:
+        if arg in ROOT_FLAGS:
+            continue
+        return None if arg.startswith("-") else arg
+    return None
+
+
+def _wants_help(args: list[str]) -> bool:
+    return not args or any(a in ("-h", "--help") for a in args) or _command_name(args) not in COMMAND_MODULES
 
 
 def _polish_help(command) -> None:
@@ -124,9 +156,11 @@ def main() -> None:
     recognised by their interface) and bnexp's own :class:`BnexpError` print ``error: ...``;
     Ctrl-C exits 130; a genuine crash prints its type and message (the traceback with ``--debug``).
     """
-    _register_commands()
+    args = sys.argv[1:]
+    _register_commands(args)
     command = typer.main.get_command(app)
-    _polish_help(command)
+    if _wants_help(args):  # building the polished help costs ~0.1 s: only when it may be printed
+        _polish_help(command)
     try:
         code = command(standalone_mode=False, prog_name="bnexp")  # the exit code is returned, not raised
     except BnexpError as exc:

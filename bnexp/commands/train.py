@@ -74,6 +74,8 @@ def print_summary(record) -> None:
     if record.nproc > 1:
         rows.append(("processes", f"{record.nproc} ({record.repro.get('backend', '?')})"
                                   + (f"\n{record.repro['norm_sync']}" if record.repro.get("norm_sync") else "")))
+    if record.repro.get("threads_choice"):
+        rows.append(("CPU threads", f"{record.repro.get('threads')} ({record.repro['threads_choice']})"))
     if record.compile_s:
         rows.append(("BN compile", f"{record.compile_s:.1f} s (one-off)"))
     rows += [("time", fmt_seconds(record.duration_s)), ("run dir", str(record.dir))]

@@ -13,7 +13,7 @@ import math
 import os
 import stat
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,9 @@ import torch
 from bnexp.config.groups import DATASETS
 from bnexp.config.schema import DatasetConfig
 from bnexp.core.errors import BnexpError
+
+# The largest normalized float32 copy of a training set kept for the whole run (train_batch).
+NORMALIZED_COPY_BYTES = 1 << 30
 
 
 @dataclass
@@ -37,6 +40,7 @@ class DataBundle:
     num_classes: int
     mean: torch.Tensor  # (1, C, 1, 1) float32, in the stored units of train_x
     std: torch.Tensor
+    _normalized: object = field(default=None, repr=False, compare=False)  # see train_batch
 
     @property
     def in_channels(self) -> int:
@@ -49,6 +53,17 @@ class DataBundle:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """A float32 batch with zero mean and unit variance per channel (as measured on train)."""
         return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def train_batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The normalized training images at ``index``: one gather from a normalized copy of the
+        training set, made once, when that copy takes at most ``NORMALIZED_COPY_BYTES``; otherwise
+        gathered and normalized per batch (the same values either way)."""
+        if self._normalized is None:
+            fits = self.train_x.numel() * 4 <= NORMALIZED_COPY_BYTES
+            self._normalized = self.normalize(self.train_x) if fits else False
+        if self._normalized is False:
+            return self.normalize(self.train_x[index])
+        return self._normalized[index]
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The shared training loop: every model, norm and dataset goes through :func:`run_loop` (started by
 :func:`bnexp.launch.trainer.train`).
 
-The data live on the target device as tensors; each step indexes a shuffled permutation,
-normalizes the batch in one op and runs forward/backward/step. Shuffling is seeded per epoch,
+The data live on the target device as tensors, normalized once; each step gathers a batch at a
+shuffled permutation's indices and runs forward/backward/step. Shuffling is seeded per epoch,
 so a run resumed from its checkpoint sees exactly the batches an uninterrupted run would.
 Everything that watches training (run record, TensorBoard, progress bar, checkpoints,
 diagnostics) is a listener (:mod:`bnexp.engine.callbacks`); the loop itself fits on one screen.
@@ -183,6 +183,7 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
     where a non-finite running loss stops the run as diverged."""
     cfg, data, p = loop.cfg, loop.data, loop.progress
     log_every = int(cfg.log_every_steps)  # read once: OmegaConf lookups cost ~20 us each
+    step_schedule = cfg.optimizer.schedule != "constant"  # a constant learning rate needs no scheduler step
     loop.model.train()
     loss_sum = torch.zeros((), device=loop.device)
     correct = torch.zeros((), device=loop.device, dtype=torch.long)
@@ -201,7 +202,7 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
         if p.step >= loop.total_steps:
             break
         idx = loop.ranks.shard(batch).to(loop.device, non_blocking=True)
-        x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
+        x, y = data.train_batch(idx), data.train_y[idx]
         loop.hist_due = loop.hist_every_steps > 0 and (p.step == 0 or (p.step + 1) % loop.hist_every_steps == 0)
         logits = loop.model(x)
         summed = F.cross_entropy(logits, y, reduction="sum")
@@ -209,7 +210,8 @@ def train_epoch(loop: TrainingState, listeners: Callbacks) -> None:
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
-        loop.scheduler.step()
+        if step_schedule:
+            loop.scheduler.step()
         p.step += 1
         seen += len(batch)
         loss_sum += summed.detach()

@@ -30,7 +30,7 @@ from bnexp.engine.loop import (
     smallest_batch,
     stop_message,
 )
-from bnexp.engine.ranks import Ranks, in_worker, joined
+from bnexp.engine.ranks import CpuClock, Ranks, auto_threads, in_worker, joined
 from bnexp.launch.multiproc import launch
 from bnexp.store.files import CHECKPOINT_FILE, CONFIG_FILE, OVERRIDES_FILE, write_atomic
 from bnexp.store.record import RunRecord
@@ -67,8 +67,7 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
     lead = ranks.rank == 0
     opened = Run.open(resume) if resume is not None and lead else None  # first: a busy run is refused early
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        clock = CpuClock()  # what other processes use while this run is set up: see auto_threads
         device = ranks.device
         torch.manual_seed(cfg.seed)
         data = load_dataset(dataset_settings(cfg), device)
@@ -86,6 +85,7 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
             from bnexp.store.resume import already_trained
 
             already_trained(Path(resume), state.step, state.epoch, total_steps, cfg.epochs)
+        threads_choice = choose_threads(cfg, ranks, device, clock)
         model = ranks.wrap(module)
     except BaseException:
         if opened is not None:
@@ -95,7 +95,8 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
         from bnexp.core.errors import error_line
 
         error_line(sync_note, prefix="note")
-    execution = {**ranks.describe(), **({"norm_sync": sync_note} if sync_note else {})}
+    execution = {**ranks.describe(), "threads_choice": threads_choice,
+                 **({"norm_sync": sync_note} if sync_note else {})}
     run = (opened or create_run(cfg, overrides, run_dir, str(device), {**reproducibility(device), **execution})) if lead else None
     loop = TrainingState(cfg=cfg, model=model, module=module, data=data, optimizer=optimizer, scheduler=scheduler,
                 progress=state, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
@@ -121,6 +122,21 @@ def train_rank(cfg: DictConfig, overrides: list[str], ranks: Ranks, *, run_dir: 
         raise BnexpError(message + (f"; {note}" if note else "")) from exc
     outcome = run_loop(loop, Callbacks(listeners))
     return record_or_raise(outcome, run.path if run else None, run.record if run else None)
+
+
+def choose_threads(cfg: DictConfig, ranks: Ranks, device: torch.device, clock: CpuClock) -> str:
+    """Set torch's CPU threads (``threads=N``, or :func:`auto_threads` for a single process on
+    CPU) and say how they were chosen, for the run's reproducibility record."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        return f"threads={cfg.threads}"
+    if ranks.size > 1:
+        return "the cores shared out between the local processes"
+    if device.type != "cpu":
+        return "torch's default (the model runs on the GPU)"
+    threads, why = auto_threads(clock)
+    torch.set_num_threads(threads)
+    return why
 
 
 def run_listeners(cfg: DictConfig, overrides: list[str], run: Run, module, resumed_at: Optional[int],

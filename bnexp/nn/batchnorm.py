@@ -41,8 +41,9 @@ Beyond torch's layers, two training-time options (keyword-only constructor argum
 Accuracy: in float32 the errors against a float64 computation are at most torch's, and far
 smaller for inputs whose mean is large next to their spread (``tests/test_norm.py`` measures
 both). Statistics come from the corrected two-pass algorithm around a center (the mean of the
-first few examples), per-channel sums and constants are float64, and the output is ``(x - center) * scale + shift`` rather than
-torch's ``x * scale + shift``, which cancels catastrophically when ``|mean| >> std``.
+first few examples), per-channel sums and constants are float64, and the output is
+``(x - center) * scale + shift`` rather than torch's ``x * scale + shift``, which cancels
+catastrophically when ``|mean| >> std``.
 
 Speed (``scripts/bench_bn.py``): :class:`_BatchNormFunction` computes the forward in a handful of
 passes with the output as its only full-size allocation, and its backward is the closed-form
