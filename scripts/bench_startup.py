@@ -49,7 +49,7 @@ def group(name, option, schema):
     return OmegaConf.merge(OmegaConf.structured(schema), raw)
 
 torch.manual_seed(0)
-data = load_dataset(DatasetConfig(), "cpu")
+data = load_dataset(OmegaConf.structured(DatasetConfig), "cpu")  # resolves dataset.root's ${oc.env:...}
 model = build_model(group("model", "mlp", ModelConfig), group("norm", "custom", NormConfig), data.in_channels,
                     data.image_size, data.num_classes)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

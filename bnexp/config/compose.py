@@ -7,16 +7,15 @@ default) is :mod:`bnexp.config.schema`; the tables of swappable parts :mod:`bnex
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnexp.config import cache
 from bnexp.config.groups import (
     ACTIVATIONS,
     DATASETS,
@@ -119,14 +118,19 @@ def compose(overrides: list[str]) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides, then type-check it against the schema.
 
     Hydra composes each set of overrides once per version of the config tree: the composed (not
-    yet resolved) config is kept in :func:`compose_cache_dir`, and a later call with the same
-    overrides reads it back instead of starting Hydra (~0.4 s of every command's start-up).
-    Interpolations such as ``${oc.env:BNEXP_OUTPUT_DIR,outputs}`` are resolved afresh each time."""
+    yet resolved) config is kept in bnexp's cache (:mod:`bnexp.config.cache`, ``$BNEXP_CACHE_DIR``),
+    and a later call with the same overrides reads it back instead of starting Hydra (~0.4 s of
+    every command's start-up). An entry is untrusted: it is type-checked like Hydra's output, and
+    any entry that fails is ignored and composed afresh. Interpolations such as
+    ``${oc.env:BNEXP_OUTPUT_DIR,outputs}`` are resolved afresh each time."""
     check_overrides(overrides)
-    cache = _compose_cache_file(overrides)
-    cached = _read_composed(cache)
-    if cached is not None:
-        return check_schema(OmegaConf.create(cached))
+    key = _compose_cache_key(overrides)
+    cached = cache.read(COMPOSE_CACHE, key)
+    if isinstance(cached, dict):
+        try:
+            return check_schema(OmegaConf.create(cached))
+        except Exception:  # noqa: BLE001 - a damaged or planted entry: Hydra decides
+            pass
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -141,23 +145,16 @@ def compose(overrides: list[str]) -> DictConfig:
     checked = check_schema(cfg)
     composed = OmegaConf.to_container(cfg, resolve=False)
     composed.pop("hydra", None)
-    _write_composed(cache, composed)
+    cache.write(COMPOSE_CACHE, key, composed)
     return checked
 
 
-MAX_COMPOSE_CACHE_FILES = 1000  # past this many, the cache starts over (entries are ~2 kB)
+COMPOSE_CACHE = "compose"  # the cache section of compositions
 
 
-def compose_cache_dir() -> Path:
-    """``$BNEXP_CACHE_DIR/compose``, by default ``$XDG_CACHE_HOME/bnexp/compose`` (``~/.cache/...``)."""
-    root = os.environ.get("BNEXP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bnexp")
-    return Path(root) / "compose"
-
-
-def _compose_cache_file(overrides: list[str]) -> Path:
-    """The cache entry of ``overrides``, named by a hash of them and of everything composing reads:
-    every file of the config tree (path, size, mtime), the schema, and Hydra's installed version."""
+def _compose_cache_key(overrides: list[str]) -> str:
+    """What a composition depends on: the overrides and every file composing reads (the config
+    tree's files by path, size and mtime, the schema, this module, Hydra's installed version)."""
     from bnexp.config import schema
 
     root = config_dir()
@@ -166,31 +163,7 @@ def _compose_cache_file(overrides: list[str]) -> Path:
     if hydra_spec is not None and hydra_spec.origin:
         sources.append(Path(hydra_spec.origin))
     stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
-    key = hashlib.sha256(json.dumps([list(overrides), stamps]).encode()).hexdigest()[:32]
-    return compose_cache_dir() / f"{key}.json"
-
-
-def _read_composed(path: Path) -> Optional[dict]:
-    """A cached composition, or None (missing, unreadable or not a JSON object: compose afresh)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_composed(path: Path, composed: dict) -> None:
-    """Keep ``composed`` for next time; a cache that cannot be written is simply not used."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if sum(1 for _ in os.scandir(path.parent)) >= MAX_COMPOSE_CACHE_FILES:
-            for entry in os.scandir(path.parent):
-                os.unlink(entry.path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(composed))
-        os.replace(temporary, path)
-    except OSError:
-        pass
+    return json.dumps([list(overrides), stamps])
 
 
 def check_schema(cfg: DictConfig | dict) -> DictConfig:

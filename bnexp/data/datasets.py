@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import json
 import math
 import os
 import stat
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bnexp.config import cache
 from bnexp.config.groups import DATASETS
 from bnexp.config.schema import DatasetConfig
 from bnexp.core.errors import BnexpError
@@ -173,21 +175,45 @@ def _digest(images: np.ndarray, labels: np.ndarray) -> str:
 
 def _read_digits_cache(path: Path, size: int):
     """The cached ``(images, labels, num_classes)``, or None when the file is missing or is not
-    exactly what :func:`_write_digits_cache` wrote (then it is rebuilt): never a crash."""
+    exactly what :func:`_write_digits_cache` wrote (then it is rebuilt): never a crash. The content
+    digest is checked once per version of the file (:func:`_verified_key`), not on every run."""
     import zipfile
 
-    if not path.is_file():  # also refuses a FIFO or device planted under that name
-        return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            images, labels, num_classes, digest = (data["images"], data["labels"], int(data["num_classes"]),
-                                                   str(data["digest"]))
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: a FIFO planted there never hangs
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            with np.load(file, allow_pickle=False) as data:
+                images, labels, num_classes, digest = (data["images"], data["labels"], int(data["num_classes"]),
+                                                       str(data["digest"]))
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            return None
     valid = (images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == (1, size, size)
              and labels.dtype == np.int64 and labels.shape == (len(images),) and len(images) > 0
-             and 1 < num_classes and digest == _digest(images, labels))
-    return (images, labels, num_classes) if valid else None
+             and 1 < num_classes)
+    if not valid:
+        return None
+    verified = _verified_key(path, info)
+    if cache.read(VERIFIED_CACHE, verified) != digest:
+        if digest != _digest(images, labels):
+            return None
+        cache.write(VERIFIED_CACHE, verified, digest)
+    return images, labels, num_classes
+
+
+VERIFIED_CACHE = "verified"  # bnexp's cache section of files whose digest was checked
+
+
+def _verified_key(path: Path, info: os.stat_result) -> str:
+    """One version of one file: any rewrite changes its inode, size, mtime or ctime (ctime cannot
+    be set back by hand), so a changed file is checked again."""
+    return json.dumps([os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+                       info.st_ctime_ns])
 
 
 def _write_digits_cache(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:

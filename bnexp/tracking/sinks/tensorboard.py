@@ -38,16 +38,24 @@ class TensorBoardSink(Sink):
     """TensorBoard event files in the run directory; the HParams entry in the run's own event file."""
 
     def __init__(self, run, cfg: DictConfig, resumed_at: Optional[int]):
-        """A continued run drops the events its first session wrote after its checkpoint."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.cfg = cfg
+        self.cfg, self.log_dir, self.resumed_at = cfg, str(run.path), resumed_at
+        self._writer = None
         _quiet_writer_threads()
-        # a deep queue: the writer thread checksums events in pure Python; training should not wait on it
-        self.writer = SummaryWriter(log_dir=str(run.path), purge_step=None if resumed_at is None else resumed_at + 1,
-                                    max_queue=1000, flush_secs=10)
-        if resumed_at is None:
-            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+
+    @property
+    def writer(self):
+        """The event-file writer, created with the first event (importing TensorBoard and opening the
+        file is start-up time otherwise, and a run that ends before its first event leaves no empty
+        event file). A continued run drops the events its first session wrote after its checkpoint."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # a deep queue: the writer thread checksums events in pure Python; training should not wait on it
+            purge_step = None if self.resumed_at is None else self.resumed_at + 1
+            self._writer = SummaryWriter(log_dir=self.log_dir, purge_step=purge_step, max_queue=1000, flush_secs=10)
+            if self.resumed_at is None:
+                self._writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg, resolve=True) + "\n```", 0)
+        return self._writer
 
     def scalars(self, values, step):
         for tag, value in values.items():
@@ -72,4 +80,5 @@ class TensorBoardSink(Sink):
         self.scalars(final, int(metrics.get("step", 0)))
 
     def close(self, status):
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
