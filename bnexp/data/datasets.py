@@ -183,11 +183,12 @@ def _read_digits_cache(path: Path, size: int):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: a FIFO planted there never hangs
     except OSError:
         return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as file:
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None
             with np.load(file, allow_pickle=False) as data:
                 images, labels, num_classes, digest = (data["images"], data["labels"], int(data["num_classes"]),
                                                        str(data["digest"]))
