@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from conftest import fake_run
 
+import bnexp.store.listing
 import bnexp.store.registry
 from bnexp.core.errors import BnexpError
 from bnexp.store.catalog import resolve
@@ -79,8 +80,8 @@ def test_filters_by_name_experiment_dataset_and_tags(registry, monkeypatch):
     update_labels(run, add=["keep", "paper"])
     update_labels(registry / "runs/20261120-100000-mlp-custom-aaaa", add=["keep"])
     reads = []
-    real = bnexp.store.registry.read_labels
-    monkeypatch.setattr(bnexp.store.registry, "read_labels", lambda path: reads.append(path) or real(path))
+    real = bnexp.store.listing.read_labels
+    monkeypatch.setattr(bnexp.store.listing, "read_labels", lambda path: reads.append(path) or real(path))
     records = load_runs(registry)
     assert sorted(os.path.basename(p) for p in reads) == ["20261120-100000-mlp-custom-aaaa", run.name]  # only where present
 

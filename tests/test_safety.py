@@ -222,17 +222,22 @@ def nested(depth: int) -> str:
 
 
 def test_deeply_nested_files_are_unreadable_and_hide_nothing(cli):
+    import sqlite3
+
+    from bnexp.store.index import INDEX_FILE, SCHEMA_VERSION
+
     good = fake_run(cli.out, "20261120-100000-mlp-none-aaaa")
     bad = fake_run(cli.out, "20261120-100000-mlp-none-bbbb")
     labelled = fake_run(cli.out, "20261120-100000-mlp-none-cccc")
     (bad / "run.json").write_text('{"id": "x", "extra": ' + nested(100_000) + "}")
     (labelled / "labels.json").write_text('{"tags": ' + nested(100_000) + "}")
     cli("runs", "--json")  # builds the index
-    (cli.out / ".index.json").write_text('{"version": 1, "records": ' + nested(100_000) + "}")
+    (cli.out / INDEX_FILE).write_text('{"version": 1, "records": ' + nested(100_000) + "}")
     listed = {r["id"]: r for r in json.loads(cli("runs", "--json").stdout)}
     assert listed[good.name]["status"] == "completed" and listed[bad.name]["status"] == "unreadable"
     assert "nested" in listed[bad.name]["message"] and "labels.json" in listed[labelled.name]["labels_error"]
-    assert json.loads((cli.out / ".index.json").read_text())["version"] == 1  # the damaged index was rebuilt
+    with sqlite3.connect(cli.out / INDEX_FILE) as db:  # the damaged index was rebuilt
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     # a deep object just inside the recursion limit is refused too: it would break what prints it
     (bad / "run.json").write_text('{"id": "x", "repro": {"a": ' + nested(900) + "}}")
     assert {r["id"]: r for r in json.loads(cli("runs", "--json").stdout)}[bad.name]["status"] == "unreadable"

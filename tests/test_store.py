@@ -294,19 +294,22 @@ def test_many_references_resolve_in_one_walk(tmp_path, monkeypatch):
     assert len(listed) <= len(ids) + 3  # every directory listed once: one walk, not one per reference
 
 
-def test_the_record_cache_never_serves_a_stale_or_hostile_record(tmp_path):
-    from bnexp.store.record import INDEX_FILE
+def test_the_record_cache_never_serves_a_stale_or_hostile_record(tmp_path, monkeypatch):
+    import sqlite3
+
+    from bnexp.store import index as index_module
+    from bnexp.store.index import INDEX_FILE
     from bnexp.store.registry import load_runs
 
+    monkeypatch.setattr(index_module, "SETTLE_NS", -10**18)  # cache at once (normally after 2 s)
     root = tmp_path / "outputs"
     run_dir = fake_run(root, "20261120-100000-mlp-custom-aaaa")
     assert [r.status for r in load_runs(root)] == ["completed"] and (root / INDEX_FILE).is_file()
     set_status(run_dir, "interrupted")  # a new file: the cached record must not be served
     assert [r.status for r in load_runs(root)] == ["interrupted"]
-    index = json.loads((root / INDEX_FILE).read_text())
-    (entry,) = index["records"].values()
-    entry[1]["duration_s"] = "forged"  # a tampered index: checked when used, and the file read instead
-    (root / INDEX_FILE).write_text(json.dumps(index))
+    with sqlite3.connect(root / INDEX_FILE) as db:  # a tampered index: checked when used, the file read instead
+        (text,) = db.execute("SELECT record FROM runs").fetchone()
+        db.execute("UPDATE runs SET record = ?", (json.dumps({**json.loads(text), "duration_s": "forged"}),))
     (record,) = load_runs(root)
     assert record.status == "interrupted" and record.duration_s == 12.5
     for junk in (b"\xff\x00garbage", b"[]", b'{"version": 1, "records": []}'):

@@ -50,21 +50,9 @@ def print_json(data) -> None:
     import json
     import sys
 
+    from bnexp.core.text import finite
+
     typer.echo(json.dumps(finite(data), indent=2 if sys.stdout.isatty() else None, default=str, allow_nan=False))
-
-
-def finite(data):
-    """``data`` with NaN and infinities as None: ``--json`` output is strict JSON (``jq`` and
-    other readers refuse ``NaN``); the tables still show the value."""
-    import math
-
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite(v) for v in data]
-    return data
 
 
 def console():

@@ -172,6 +172,8 @@ def seed_tables(records: list[dict], wide: bool, baseline: Optional[str] = None)
     tables = [FittedTable([Column("configuration", wrap=True), Column("seeds", "right"),
                            *[Column(m, "right", p) for m, p in metrics]], rows, wide=wide,
                           title=f"seed statistics: {len(cells)} configurations, mean ± std over their seeds")]
+    if len(cells) < 2:  # one configuration over several seeds: nothing to test it against
+        return tables
     several = len(cells) > 2
     test_rows = []
     for t in tests:

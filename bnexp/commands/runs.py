@@ -96,13 +96,15 @@ def runs(
 ) -> None:
     """List runs as a table (newest first), with filters; --json for scripts. On a narrow terminal
     less important columns give way (--wide shows them all)."""
+    import sys
+
     from bnexp.core.query import compile_query
+    from bnexp.store.listing import Listing
     from bnexp.store.registry import (
         check_choices,
         check_root,
         check_statuses,
         filter_runs,
-        load_runs,
         parse_since,
         sort_runs,
         where_filter,
@@ -129,18 +131,27 @@ def runs(
     root = output_root(output_dir)
     check_root(root, output_dir)
     cutoff = parse_since(since) if since else None
-    found = load_runs(root)
-    for option, values in (("model", model), ("norm", norm), ("dataset", dataset), ("experiment", experiment)):
-        check_choices(option, values or [], found)
-    records = sort_runs(where_filter(filter_runs(found, status=status or (), model=model or (), norm=norm or (),
-                                                 sweep=sweep, since=cutoff, experiment=experiment or (),
-                                                 dataset=dataset or (), name=name, tags=tag or ()), where),
-                        sort, reverse)
-    if group_by:
-        return print_groups(records, group_by, metric or ["best_val_acc", "val_loss"], export, as_json, wide)
-    if limit is None and not as_json:
-        limit = TABLE_ROWS
-    shown = records[:limit] if limit else records
+    filtered = any([status, model, norm, dataset, experiment, since, sweep, name, tag, where, group_by])
+    with Listing(root) as listing:
+        if filtered:
+            found = listing.records(listing.runs)
+            for option, values in (("model", model), ("norm", norm), ("dataset", dataset), ("experiment", experiment)):
+                check_choices(option, values or [], found)
+            records = sort_runs(where_filter(filter_runs(found, status=status or (), model=model or (), norm=norm or (),
+                                                         sweep=sweep, since=cutoff, experiment=experiment or (),
+                                                         dataset=dataset or (), name=name, tags=tag or ()), where),
+                                sort, reverse)
+            if group_by:
+                return print_groups(records, group_by, metric or ["best_val_acc", "val_loss"], export, as_json, wide)
+        else:  # sorted and paged from the index: only the runs shown are read in full
+            found = records = sort_runs(listing.runs, sort, reverse)
+        if limit is None and not as_json:
+            limit = TABLE_ROWS
+        shown = records[:limit] if limit else records
+        if as_json and not filtered and not sys.stdout.isatty():
+            typer.echo("[" + ", ".join(listing.json_texts(shown)) + "]")  # what print_json prints, pre-rendered
+            return
+        shown = shown if filtered else listing.records(shown)
     if as_json:
         print_json([r.as_dict() for r in shown])
         return

@@ -34,3 +34,17 @@ def escape(value: Any, keep: str = "") -> str:
 
 def has_control(text: str, allowed: str = "") -> bool:
     return any(ch not in allowed for ch in _CONTROL.findall(text))
+
+
+def finite(data):
+    """``data`` with NaN and infinities as None: ``--json`` output is strict JSON (``jq`` and
+    other readers refuse ``NaN``); the tables still show the value."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data

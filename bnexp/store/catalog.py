@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional
 
 from bnexp.core.errors import BnexpError
 from bnexp.store.files import RUN_FILE, SWEEP_FILE
 
+if TYPE_CHECKING:
+    from bnexp.store.index import Index
 
-@dataclass(frozen=True)
-class Entry:
+
+class Entry(NamedTuple):
     """A run or sweep directory found by :func:`scan`: its path, the names of the files in it and,
     for a run, the id of the sweep it belongs to (None for a plain run)."""
 
@@ -28,17 +31,40 @@ def natural_key(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
-def scan(root: Path | str) -> Iterator[Entry]:
+def scan(root: Path | str, index: Optional["Index"] = None) -> Iterator[Entry]:
     """Every run and sweep directory under ``root``, in sorted order (a sweep before its jobs), with
     what the walk saw anyway: file names and sweep membership. Plain strings and one ``scandir``
     per directory keep this cheap over thousands of runs; it never descends into a run, a hidden
-    folder (the trash) or through a symlink."""
-    def visit(directory: str, sweep: Optional[str]) -> Iterator[Entry]:
+    folder (the trash) or through a symlink. With the output directory's ``index``, a directory
+    whose mtime is unchanged is not listed again: one ``stat`` instead (:mod:`bnexp.store.index`)."""
+    def listing(directory: str, mtime: Optional[int]) -> Optional[tuple[frozenset, list[str]]]:
+        cached = index.listing(directory, mtime) if index is not None and mtime is not None else None
+        if cached is not None:
+            return cached
         try:
             entries = sorted(os.scandir(directory), key=lambda e: natural_key(e.name))
         except OSError:
-            return
+            return None
         files = frozenset(e.name for e in entries if not e.is_dir(follow_symlinks=False))
+        subdirs = [e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        if index is not None and mtime is not None:
+            index.put_listing(directory, mtime, files, subdirs)
+        return files, subdirs
+
+    def modified(directory: str, follow: bool) -> Optional[int]:
+        if index is None:
+            return None
+        try:
+            info = os.stat(directory, follow_symlinks=follow)
+        except OSError:
+            return None
+        return info.st_mtime_ns if stat.S_ISDIR(info.st_mode) else None
+
+    def visit(directory: str, sweep: Optional[str], mtime: Optional[int]) -> Iterator[Entry]:
+        listed = listing(directory, mtime)
+        if listed is None:
+            return
+        files, subdirs = listed
         if RUN_FILE in files:
             yield Entry("run", directory, files, sweep)
             return
@@ -46,16 +72,16 @@ def scan(root: Path | str) -> Iterator[Entry]:
         if SWEEP_FILE in files:
             inner = os.path.basename(directory)
             yield Entry("sweep", directory, files)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                yield from visit(entry.path, inner)
+        prefix = directory if directory.endswith(os.sep) else directory + os.sep  # os.path.join, cheaper
+        for name in subdirs:
+            yield from visit(prefix + name, inner, modified(prefix + name, follow=False))
 
     if os.path.isdir(root):
-        yield from visit(str(root), None)
+        yield from visit(str(root), None, modified(str(root), follow=True))
 
 
-def iter_run_entries(root: Path | str) -> Iterator[Entry]:
-    return (entry for entry in scan(root) if entry.kind == "run")
+def iter_run_entries(root: Path | str, index: Optional["Index"] = None) -> Iterator[Entry]:
+    return (entry for entry in scan(root, index) if entry.kind == "run")
 
 
 def iter_run_dirs(root: Path) -> Iterator[Path]:
@@ -73,9 +99,12 @@ class Catalog:
 
     @classmethod
     def scan(cls, root: Path) -> "Catalog":
+        from bnexp.store.index import Index, no_gc
+
         runs, sweeps = [], []
-        for entry in scan(root):
-            (runs if entry.kind == "run" else sweeps).append(Path(entry.path))
+        with Index(root) as index, no_gc():
+            for entry in scan(root, index):
+                (runs if entry.kind == "run" else sweeps).append(Path(entry.path))
         return cls(Path(root), runs, sweeps)
 
     def resolve(self, ref: str) -> tuple[str, Path]:

@@ -1,4 +1,4 @@
-"""A run's record, ``run.json``: its typed fields, checked on every read, and the registry's cache of records."""
+"""A run's record, ``run.json``: its typed fields, checked on every read."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from bnexp.store.files import RUN_FILE, UnreadableFile, read_json_object, write_atomic
+from bnexp.store.files import RUN_FILE, UnreadableFile, read_json_object
 from bnexp.store.safeio import check_depth
-
-INDEX_FILE, INDEX_VERSION = ".index.json", 1  # the registry's cache of run.json records (RecordCache)
-MAX_INDEX_BYTES = 1 << 30
-
 
 # ---------------------------------------------------------------------------------------------
 # The record
@@ -137,63 +133,7 @@ def _describe(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__} ({json.dumps(value, default=str)[:40]})"
 
 
-def read_record(run_dir: Path | str, cache: Optional["RecordCache"] = None) -> RunRecord:
-    """A run's record; with a ``cache``, a run.json unchanged since it was cached is not read again
-    (and a cached record that fails its checks is read again from the file, never trusted)."""
+def read_record(run_dir: Path | str) -> RunRecord:
+    """A run's record, type-checked (an :class:`UnreadableFile` naming the file and field)."""
     path = os.path.join(run_dir, RUN_FILE)
-    if cache is not None:
-        data, cached = cache.read(path)
-        try:
-            return RunRecord.from_json(data, path)
-        except UnreadableFile:
-            if not cached:
-                raise
-            cache.seen.pop(path)
-            cache.changed = True
     return RunRecord.from_json(read_json_object(Path(path)), path)
-
-
-class RecordCache:
-    """The run.json records of one output directory, kept in ``<root>/.index.json`` (hidden from the
-    walk) and keyed by each file's inode, size and modification time: a record is reread only after
-    it changed (every write renames a new file in, so its inode changes). Thousands of small reads
-    become one; what is cached is still type-checked when used, and a damaged or foreign index is
-    simply rebuilt. Saving is best effort: a read-only output directory just goes uncached."""
-
-    def __init__(self, root: Path | str):
-        self.path = Path(root) / INDEX_FILE
-        self.seen: dict[str, list] = {}
-        try:
-            index = read_json_object(self.path, limit=MAX_INDEX_BYTES)
-            self.known = index.get("records") if index.get("version") == INDEX_VERSION else {}
-        except UnreadableFile:
-            self.known = {}
-        self.known = self.known if isinstance(self.known, dict) else {}
-        self.changed = False
-
-    def read(self, path: str) -> tuple[dict, bool]:
-        """``(data, whether it came from the index)``."""
-        try:
-            info = os.stat(path)
-        except OSError:
-            return read_json_object(Path(path)), False  # its own one-line error
-        key = [info.st_ino, info.st_size, info.st_mtime_ns]
-        cached = self.known.get(path)
-        hit = isinstance(cached, list) and len(cached) == 2 and cached[0] == key and isinstance(cached[1], dict)
-        if hit:
-            data = cached[1]
-        else:
-            data = read_json_object(Path(path))  # raises for a FIFO, garbage, ...: never cached
-            self.changed = True
-        self.seen[path] = [key, data]
-        return data, hit
-
-    def save(self) -> None:
-        if self.changed or len(self.seen) != len(self.known):
-            try:
-                write_atomic(self.path, json.dumps({"version": INDEX_VERSION, "records": self.seen},
-                                                   separators=(",", ":")))
-            except OSError:
-                pass
-
-

@@ -1,6 +1,6 @@
 """The run registry: find, filter and sort runs and sweeps from their small JSON records.
 
-Listing reads ``run.json`` / ``sweep.json`` (through the record cache, ``.index.json``) and
+Listing reads ``run.json`` / ``sweep.json`` (through the index, ``.index.sqlite``) and
 ``labels.json`` (tags and note) where a run has one; a run's ``config.yaml`` only when config keys
 are asked for (:func:`run_config`: comparisons, queries on config keys); never TensorBoard events
 or checkpoints. Nothing here imports torch or Hydra, so ``bnexp runs`` stays fast with thousands
@@ -24,11 +24,10 @@ from bnexp.config.schema import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_ENV
 from bnexp.core.errors import BnexpError
 from bnexp.core.keys import override_key
 from bnexp.core.vocab import DERIVED_STATUSES, METRICS, STATUSES, higher_is_better, is_plumbing
-from bnexp.store.catalog import iter_run_entries
 from bnexp.store.files import CONFIG_FILE, SWEEP_FILE, UnreadableFile, parse_time, read_json_object, read_yaml_mapping
-from bnexp.store.labels import LABELS_FILE, read_labels
+from bnexp.store.listing import load_record, load_runs, with_labels, with_liveness  # noqa: F401 - the registry's API
 from bnexp.store.lock import liveness
-from bnexp.store.record import RecordCache, RunRecord, read_record
+from bnexp.store.record import RunRecord
 
 # Group choices already shown in their own columns of `bnexp runs`.
 SHOWN_GROUPS = ("model", "norm", "dataset")
@@ -46,57 +45,8 @@ def key_overrides(overrides: Iterable[str]) -> list[str]:
     return [o for o in overrides if not is_plumbing(o) and override_key(o) not in SHOWN_GROUPS]
 
 
-def with_liveness(record: RunRecord, directory: Path) -> RunRecord:
-    """A ``running`` record whose writer is gone becomes ``dead``, with how to continue it."""
-    if record.status == "running":
-        alive, why = liveness(directory, record.owner, record.heartbeat)
-        if not alive:
-            record.recorded_status, record.status = "running", "dead"
-            record.message = f"{why}; continue with: bnexp train resume={record.id}"
-    return record
-
-
-def load_record(path: Path | str, cache: Optional[RecordCache] = None) -> RunRecord:
-    """One run's record for display: live status, or ``unreadable`` naming the file and why."""
-    try:
-        record = with_liveness(read_record(path, cache), path)
-    except UnreadableFile as exc:
-        record = RunRecord(id=os.path.basename(path), status="unreadable", message=str(exc))
-    record.dir = str(path)
-    return record
-
-
-def with_labels(record: RunRecord, path: Path, present: Optional[bool] = None) -> RunRecord:
-    """Add the run's tags and note (``labels.json``, read only where it exists: ``present`` when the
-    caller's directory walk already knows) to the record, as ``tags`` and ``note`` in what ``--json``
-    prints. An unreadable labels file hides no run: its tags are left out, the reason kept as
-    ``labels_error``."""
-    tags, note = [], None
-    if present if present is not None else os.path.exists(path / LABELS_FILE):
-        try:
-            labels = read_labels(path)
-            tags, note = labels.tags, labels.note
-        except UnreadableFile as exc:
-            record.extra["labels_error"] = str(exc)
-    record.extra["tags"], record.extra["note"] = tags, note
-    return record
-
-
 def tags_of(record: RunRecord) -> list[str]:
     return record.extra.get("tags") or []
-
-
-def load_runs(root: Path) -> list[RunRecord]:
-    """Every run under ``root`` with ``dir``, ``sweep`` (the id of the sweep it belongs to), tags and
-    note. One walk of the tree says which runs have a labels file: no extra look-up per run."""
-    records = []
-    cache = RecordCache(root)
-    for entry in iter_run_entries(root):
-        record = with_labels(load_record(entry.path, cache), entry.path, LABELS_FILE in entry.files)
-        record.sweep = entry.sweep
-        records.append(record)
-    cache.save()
-    return records
 
 
 def parse_since(text: str, now: Optional[datetime] = None) -> datetime:

@@ -34,7 +34,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 from bnexp.core.errors import BnexpError
 from bnexp.tracking.hparams import is_integer, write_experiment
@@ -70,69 +70,84 @@ class Logdir:
         self.path, self.root = path, root
         self.selected = [(kind, p.resolve()) for kind, p in resolve_all(refs, root)]
         self.one_sweep = [kind for kind, _ in self.selected] == ["sweep"]  # its jobs need no sweep prefix
-        self.linked: set[Path] = set()
+        self.linked: set[str] = set()  # real paths of the runs linked so far
         self.skipped: list[str] = []  # why a run's config could not go into the HParams table
 
-    def _runs(self) -> Iterable[Path]:
-        from bnexp.store.catalog import iter_run_dirs
+    def _runs(self) -> list[tuple[str, Optional[str]]]:
+        """``(real path, sweep id or None)`` of every selected run. The output directory is walked
+        through its index, and its real path found once: below it the walk follows no links."""
+        from bnexp.store.catalog import iter_run_entries, sweep_of
+        from bnexp.store.index import Index
 
         if not self.selected:
-            return (p.resolve() for p in iter_run_dirs(self.root))
-        return (run.resolve() for kind, p in self.selected for run in (iter_run_dirs(p) if kind == "sweep" else [p]))
+            base, real = str(self.root), os.path.realpath(self.root)
+            with Index(self.root) as index:
+                return [(real + entry.path[len(base):], entry.sweep) for entry in iter_run_entries(self.root, index)]
+        runs = []
+        for kind, path in self.selected:  # already real paths
+            if kind == "sweep":
+                runs += [(entry.path, entry.sweep) for entry in iter_run_entries(path)]
+            else:
+                runs.append((str(path), sweep_of(path)))
+        return runs
 
-    def _link_names(self, run_dir: Path) -> tuple[Path, Path]:
+    def _link_names(self, run_dir: str, sweep: Optional[str]) -> tuple[str, str]:
         """The readable name of a run's link (its TensorBoard run name), and the full one used when
         the readable one is taken. A sweep's job: ``<job>`` when one sweep is shown, else ``<job>
         (<sweep>)`` (what tells the rows apart first: the Trial ID column shows ~14 characters), in
         full ``<sweep id>/<job>``; a run: its id without, in full with, the date and time."""
-        from bnexp.store.files import SWEEP_FILE
+        name = os.path.basename(run_dir)
+        if sweep is not None:
+            job = name[len(sweep) + 1:] if name.startswith(sweep + "-") else name
+            readable = job if self.one_sweep else f"{job} ({short_id(sweep)})"
+            return os.path.join(self.path, readable), os.path.join(self.path, sweep, job)
+        return os.path.join(self.path, short_id(name)), os.path.join(self.path, name)
 
-        sweep = run_dir.parent
-        if (sweep / SWEEP_FILE).is_file():
-            job = run_dir.name[len(sweep.name) + 1:] if run_dir.name.startswith(sweep.name + "-") else run_dir.name
-            full = self.path / sweep.name / job
-            return (self.path / job if self.one_sweep else self.path / f"{job} ({short_id(sweep.name)})"), full
-        return self.path / short_id(run_dir.name), self.path / run_dir.name
-
-    def _link_for(self, run_dir: Path) -> Optional[Path]:
-        """Where ``run_dir``'s link goes: the first of its names that is free or already its own."""
-        for link in self._link_names(run_dir):
-            if not link.is_symlink() and not link.exists():
-                return link
-            if link.is_symlink() and link.resolve() == run_dir:
-                return link
-        return None
+    def _link(self, run_dir: str, sweep: Optional[str]) -> bool:
+        """Link ``run_dir`` under the first of its names that is free or already its own (plain os
+        calls: one ``symlink`` per new run); False when both are taken by other runs."""
+        top = str(self.path)
+        for link in self._link_names(run_dir, sweep):
+            parent = os.path.dirname(link)
+            if parent != top:
+                os.makedirs(parent, exist_ok=True)
+            try:
+                os.symlink(run_dir, link, target_is_directory=True)
+                return True
+            except FileExistsError:
+                if os.path.islink(link) and os.path.realpath(link) == run_dir:
+                    return True
+        return False
 
     def refresh(self, progress: Optional[Callable[[int], None]] = None) -> int:
         """Link every selected run not linked yet; returns how many are linked. ``progress(n)`` is
         told the count every 500 runs (a first refresh over thousands of runs takes a moment)."""
-        for run_dir in self._runs():
-            if run_dir not in self.linked:
-                link = self._link_for(run_dir)
-                if link is None:  # both names taken by other runs: cannot happen with ids made by bnexp
-                    continue
-                link.parent.mkdir(exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(run_dir, target_is_directory=True)
-                self.linked.add(run_dir)
-                if progress and len(self.linked) % 500 == 0:
-                    progress(len(self.linked))
+        for run_dir, sweep in self._runs():
+            if run_dir in self.linked:
+                continue
+            if not self._link(run_dir, sweep):  # both names taken by other runs: cannot happen with ids made by bnexp
+                continue
+            self.linked.add(run_dir)
+            if progress and len(self.linked) % 500 == 0:
+                progress(len(self.linked))
         return len(self.linked)
 
     def write_experiment(self) -> None:
         """The selection's table: the config keys that differ between the linked runs lead. A run
-        whose config cannot be read is left out of the table (and named in :attr:`skipped`)."""
+        whose config cannot be read is left out of the table (and named in :attr:`skipped`). The
+        configs come through the output directory's index: each is parsed once per version."""
         from bnexp.core.vocab import is_plumbing
         from bnexp.store.files import UnreadableFile
-        from bnexp.store.registry import differing_keys, run_config
+        from bnexp.store.listing import run_configs
+        from bnexp.store.registry import differing_keys
 
         configs = []
-        for run_dir in sorted(self.linked):
-            try:
-                configs.append(run_config(run_dir))
-            except UnreadableFile as exc:
-                if (run_dir / "config.yaml").exists():
-                    self.skipped.append(str(exc))
+        for run_dir, config in zip(sorted(self.linked), run_configs(sorted(self.linked), self.root)):
+            if isinstance(config, UnreadableFile):
+                if os.path.exists(os.path.join(run_dir, "config.yaml")):
+                    self.skipped.append(str(config))
+            else:
+                configs.append(config)
         if configs:
             params = {k: v for c in configs for k, v in c.items() if not is_plumbing(k)}
             params["status"] = "completed"
