@@ -191,3 +191,16 @@ def test_compare_of_one_configuration_over_seeds(cli):
         path.write_text(path.read_text().replace(f"seed: {ids.index(run)}", "seed: 0"))
     result = cli("compare", *ids)
     assert "seed statistics: 1 configurations" in result.stdout and "minus" not in result.stdout
+
+
+def test_resolving_references_never_writes_the_index(tmp_path):
+    """show, rm, a dry run: they read an index that is there, and create or change none."""
+    root = tmp_path / "outputs"
+    runs = make_registry(root, count=3)
+    assert catalog.resolve(runs[0].name, root) == ("run", runs[0]) and not (root / INDEX_FILE).exists()
+    with listing.Listing(root):
+        pass
+    before = (root / INDEX_FILE).read_bytes()
+    fake_run(root, "20261120-150000-mlp-custom-cccc")
+    assert catalog.resolve("20261120-150000", root)[0] == "run"
+    assert (root / INDEX_FILE).read_bytes() == before

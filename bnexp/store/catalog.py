@@ -102,7 +102,7 @@ class Catalog:
         from bnexp.store.index import Index, no_gc
 
         runs, sweeps = [], []
-        with Index(root) as index, no_gc():
+        with Index(root, writable=False) as index, no_gc():
             for entry in scan(root, index):
                 (runs if entry.kind == "run" else sweeps).append(Path(entry.path))
         return cls(Path(root), runs, sweeps)

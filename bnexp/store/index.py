@@ -30,6 +30,7 @@ import gc
 import hashlib
 import json
 import os
+import pathlib
 import sqlite3
 import stat
 import time
@@ -114,10 +115,12 @@ class RunRow:
 
 class Index:
     """The index of ``root`` (see the module docstring). Use it for one command: :meth:`save` at
-    the end writes what changed (best effort), :meth:`close` releases it."""
+    the end writes what changed (best effort), :meth:`close` releases it. ``writable=False``
+    (resolving references: ``show``, ``rm``, a dry run) only reads an index that is there, and
+    never creates, repairs or updates one."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = os.fspath(root)
+    def __init__(self, root: str | os.PathLike, writable: bool = True):
+        self.root, self.writable = os.fspath(root), writable
         self.now_ns = time.time_ns()
         self.db = self._connect()
         self.dirs: dict[str, tuple[int, str, str]] = {}
@@ -137,7 +140,7 @@ class Index:
                     self.rows[values[0]] = RunRow(*values)
         except sqlite3.Error:
             self.dirs, self.rows = {}, {}
-            self.db = self._fresh(self._path())
+            self.db = self._fresh(self._path()) if writable else self._memory()
 
     def _path(self) -> str:
         return os.path.join(self.root, INDEX_FILE)
@@ -152,11 +155,15 @@ class Index:
             return self._memory()
         if info is not None and not stat.S_ISREG(info.st_mode):
             return self._memory()  # a link or FIFO planted there: neither followed nor removed
-        if not os.path.isdir(self.root):
+        if not os.path.isdir(self.root) or (info is None and not self.writable):
             return self._memory()
         try:
-            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            db.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
+            if self.writable:
+                db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
+            else:
+                db = sqlite3.connect(f"{pathlib.Path(os.path.abspath(path)).as_uri()}?mode=ro", uri=True,
+                                     timeout=BUSY_TIMEOUT_S, isolation_level=None)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {sql for (sql,) in db.execute("SELECT sql FROM sqlite_master WHERE type = 'table'")}
             if version == SCHEMA_VERSION and tables == TABLES:
@@ -164,7 +171,7 @@ class Index:
             db.close()
         except (sqlite3.Error, TypeError):
             pass
-        return self._fresh(path)
+        return self._fresh(path) if self.writable else self._memory()
 
     def _fresh(self, path: str) -> sqlite3.Connection:
         """A new, empty index at ``path`` in place of whatever was there (or in memory)."""
@@ -265,6 +272,8 @@ class Index:
 
     def save(self) -> None:
         """Write what changed and forget what is gone (only after a walk of the whole root)."""
+        if not self.writable:
+            return
         gone_dirs = [p for p in self.dirs if p not in self.seen_dirs] if self.seen_dirs else []
         gone_runs = [p for p in self.rows if p not in self.seen_runs] if self.seen_runs else []
         if not (self.new_dirs or self.new_rows or self.new_configs or gone_dirs or gone_runs):
