@@ -28,7 +28,7 @@ COMMAND_ORDER = ["train", "sweep", "runs", "show", "curves", "compare", "export"
 COMMAND_MODULES = {"train": "train", "sweep": "sweep", "runs": "runs", "show": "show", "curves": "curves",
                    "compare": "compare", "export": "export", "tag": "tag", "note": "tag", "rm": "rm",
                    "restore": "rm", "tensorboard": "tensorboard", "report": "report", "check-bn": "check_bn",
-                   "recalibrate": "recalibrate", "import": "import_runs"}
+                   "recalibrate": "recalibrate", "import": "import_runs", "watch": "watch"}
 ROOT_FLAGS = ("--debug",)  # root options that come before the command name and take no value
 
 app = typer.Typer(
