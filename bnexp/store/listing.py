@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from bnexp.core.text import finite
-from bnexp.store.catalog import Entry, iter_run_entries
+from bnexp.store.catalog import Entry, scan
 from bnexp.store.files import RUN_FILE, UnreadableFile
 from bnexp.store.index import Index, RunRow, json_text, no_gc, stamp_of
 from bnexp.store.labels import LABELS_FILE, read_labels
@@ -137,13 +137,20 @@ def fresh_record(entry: Entry) -> RunRecord:
 
 class Listing:
     """Every run under ``root`` as a :class:`Summary`, in walk order, through the index (which this
-    updates); then the full records or ``--json`` texts of the runs chosen to be shown."""
+    updates), and the sweep directories the same walk found (:attr:`sweeps`, for the live view);
+    then the full records or ``--json`` texts of the runs chosen to be shown."""
 
     def __init__(self, root: Path | str):
         self.index = Index(root)
+        self.runs: list[Summary] = []
+        self.sweeps: list[Entry] = []
         try:
             with no_gc():
-                self.runs = [_summary(entry, self.index) for entry in iter_run_entries(root, self.index)]
+                for entry in scan(root, self.index):
+                    if entry.kind == "run":
+                        self.runs.append(_summary(entry, self.index))
+                    else:
+                        self.sweeps.append(entry)
             self.index.save()
         except BaseException:
             self.index.close()

@@ -1,7 +1,7 @@
 """The live view behind ``bnexp watch`` (and ``bnexp runs --watch``): a table of the runs and sweeps
 being trained, rebuilt from their records at every refresh.
 
-One refresh = one walk of the output directory (records through the registry's cache) plus the end
+One refresh = one walk of the output directory (records through its index) plus the end
 of ``metrics.jsonl`` of each run shown. A run is shown while it is ``running`` or ``stalled``
 (alive, heartbeat late: :mod:`bnexp.store.live`), when it died within the last hour (a crash just
 before watching), and, once seen training, until the view stops, with how it ended. Runs and
@@ -169,30 +169,30 @@ class Watch:
 
     def snapshot(self, now: Optional[datetime] = None) -> Snapshot:
         from bnexp.core.errors import BnexpError
-        from bnexp.store.catalog import scan
         from bnexp.store.files import UnreadableFile
-        from bnexp.store.record import RecordCache
-        from bnexp.store.registry import load_record, read_sweep
+        from bnexp.store.listing import Listing
+        from bnexp.store.registry import read_sweep
         from bnexp.views.dashboard import short_id
 
         now = now or datetime.now().astimezone()
-        cache = RecordCache(self.root)
         sweeps: dict[str, tuple[dict, list]] = {}  # sweep path -> (sweep.json as shown, its job records)
         runs: list[tuple[Any, str, Optional[str]]] = []
-        for entry in scan(self.root):
-            path = str(Path(entry.path).resolve())
-            if entry.kind == "sweep":
+        # one walk through the output directory's index: unchanged finished runs are not read again,
+        # running ones always are (their heartbeat and live status)
+        with Listing(self.root) as listing:
+            for entry in listing.sweeps:
+                path = str(Path(entry.path).resolve())
                 try:
                     sweeps[path] = (read_sweep(Path(entry.path)), [])
                 except (UnreadableFile, BnexpError) as exc:
                     sweeps[path] = ({"status": "unreadable", "message": str(exc)}, [])
-                continue
-            record = load_record(entry.path, cache)
-            sweep_path = str(Path(entry.path).parent.resolve()) if entry.sweep else None
-            if sweep_path in sweeps:
-                sweeps[sweep_path][1].append(record)
-            runs.append((record, path, sweep_path))
-        cache.save()
+            for summary, record in zip(listing.runs, listing.records(listing.runs)):
+                entry = summary.entry
+                path = str(Path(entry.path).resolve())
+                sweep_path = str(Path(entry.path).parent.resolve()) if entry.sweep else None
+                if sweep_path in sweeps:
+                    sweeps[sweep_path][1].append(record)
+                runs.append((record, path, sweep_path))
 
         shown_runs = [(r, p, s) for r, p, s in runs if self._shown(r, p, s, now)]
         for record, path, _ in shown_runs:
