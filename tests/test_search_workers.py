@@ -146,3 +146,27 @@ def test_workers_are_checked_before_anything_starts(cli):
     assert not cli.out.exists()
     shown = cli("sweep", "--workers", "3", "--trials", "6", *SPACE, "--dry-run").stdout
     assert "3 asynchronous workers" in shown
+
+
+def test_a_search_whose_every_trial_fails_ends_failed(tmp_path):
+    """Workers count a trial failed by its own job as one of the asked trials: a search where every
+    job fails (here, labels that do not match the images) ends, failed, instead of asking for ever."""
+    import numpy as np
+    import optuna
+    from conftest import write_idx
+
+    bad, rng = tmp_path / "bad", np.random.default_rng(0)
+    bad.mkdir()
+    write_idx(bad / "images-idx3-ubyte", rng.integers(0, 256, (80, 28, 28)), compress=False)
+    write_idx(bad / "labels-idx1-ubyte", rng.integers(0, 10, 70), compress=False)
+    out = tmp_path / "outputs"
+    env = {**os.environ, "BNEXP_OUTPUT_DIR": str(out), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "bnexp", "sweep", "--trials", "2", "--workers", "1", SPACE[0],
+                           "dataset=idx", f"dataset.path={bad}", "epochs=1", "threads=1"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sweep failed: 2 of 2 jobs did not complete" in done.stdout, done.stdout
+    (sweep_dir,) = (out / "sweeps").iterdir()
+    trials = journal_study(sweep_dir).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all(t.user_attrs["job_failed"] == "failed" for t in trials)

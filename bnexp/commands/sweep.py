@@ -75,8 +75,9 @@ def sweep(
     sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", help="Seed of the Optuna sampler "
                                                "(default 0; a continued search advances it past its trials)."),
     worker: bool = typer.Option(False, "--worker", help="Work on the search in this process: ask a trial, train "
-                                "it, tell the result, until the study has --trials completed trials. Start any "
-                                "number (--study ID --worker) on machines that see the sweep directory."),
+                                "it, tell the result, until --trials of the study's trials have ended (completed "
+                                "or failed). Start any number (--study ID --worker) on machines that see the sweep "
+                                "directory."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run the search with N asynchronous workers "
                                           "(ask, train, tell; none waits for another's trial), started by the "
                                           "launcher: child processes here, or a job array of N tasks on Slurm."),

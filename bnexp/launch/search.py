@@ -12,8 +12,8 @@ database SQLAlchemy reaches instead (``postgresql+psycopg://user@host/db``; ``pi
 'bnexp[postgres]'`` for the driver). Searches made before keep their ``study.db`` (SQLite).
 
 Workers. ``bnexp sweep --study ID --worker`` runs a loop in this process: ask the study for a trial,
-train it as a job of the sweep, tell the result, until the study has the asked number of completed
-trials. Any number of workers, on any machines that see the sweep directory and the storage, drive
+train it as a job of the sweep, tell the result, until the asked number of the study's trials have
+ended (completed, or failed by their own job; a trial lost with its worker is retried). Any number of workers, on any machines that see the sweep directory and the storage, drive
 one search without waiting for each other (no batches). Each worker names itself on its running
 trial (host, pid, heartbeat every ``HEARTBEAT_S``); a trial whose worker is gone (same host: the
 process no longer exists; elsewhere: no heartbeat for ``STALE_S``) is failed and re-proposed with
@@ -46,6 +46,7 @@ SQLITE_FILE = "study.db"
 HEARTBEAT_S = 10  # a running trial's worker refreshes its heartbeat this often
 STALE_S = 120  # a trial with no heartbeat for this long (another host) is taken as lost
 MAX_RETRIES = 3  # a trial lost this many times is not proposed again
+JOB_FAILED = "job_failed"  # user attribute of a trial whose job ended without a value: its status
 WAIT_S = 1.0  # a worker with nothing to ask polls the study this often
 
 
@@ -186,35 +187,46 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
-def counts(study) -> tuple[int, int, int]:
-    """(completed, running, waiting) trials."""
+def ended(trial) -> bool:
+    """A trial that took one of the search's places for good: completed, or failed by its own job
+    (told with :data:`JOB_FAILED`). A trial failed because its worker was lost is retried instead."""
     from optuna.trial import TrialState
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return (states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING), states.count(TrialState.WAITING))
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and JOB_FAILED in trial.user_attrs)
+
+
+def counts(study) -> tuple[int, int, int]:
+    """(ended, running, waiting) trials."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    return sum(map(ended, trials)), states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
 
 
 def surplus(study, trial, target: int) -> bool:
     """Whether ``trial`` was asked after others had already claimed every remaining place: the
-    trials numbered before it that completed, run or wait to be retried number ``target``."""
+    trials numbered before it that ended, run or wait to be retried number ``target``."""
     from optuna.trial import TrialState
 
-    claimed = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state in claimed) >= target
+    claimed = (TrialState.RUNNING, TrialState.WAITING)
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < trial.number and (t.state in claimed or ended(t))) >= target
 
 
 def work(study, space: dict, target: int, train_trial, metric: str) -> int:
-    """Ask -> train -> tell until the study has ``target`` completed trials; ``train_trial(trial,
-    job number)`` trains one and returns its row. Returns how many trials this worker told."""
+    """Ask -> train -> tell until ``target`` trials of the study have ended (completed, or failed by
+    their job: a search whose every trial fails ends too, failed); ``train_trial(trial, job number)``
+    trains one and returns its row. Returns how many trials this worker told."""
     from optuna.trial import TrialState
 
     told = 0
     while True:
         reclaim_lost(study)
-        completed, running, waiting = counts(study)
-        if completed >= target:
+        done, running, waiting = counts(study)
+        if done >= target:
             return told
-        if completed + running >= target and not waiting:
+        if done + running >= target and not waiting:
             time.sleep(WAIT_S)  # the last trials are being trained elsewhere; wait in case one is lost
             continue
         trial = study.ask(space)
@@ -242,6 +254,7 @@ def tell(study, trial, row, metric: str) -> None:
     if row.status in ("completed", "diverged") and value is not None and math.isfinite(value):
         study.tell(trial.number, value)
     else:
+        trial.set_user_attr(JOB_FAILED, row.status)
         study.tell(trial.number, state=TrialState.FAIL)
 
 

@@ -3,7 +3,7 @@
 A search launched in batches (``-j K``) asks K trials, waits for the slowest of them, and only then
 asks again (hydra#3091). With ``--workers W`` the sweep starts W processes, each running the worker
 loop of :mod:`bnexp.launch.search` (what ``bnexp sweep --study ID --worker`` runs: ask, train, tell,
-until the study has N completed trials), and waits for them: a worker whose trial ends asks for
+until N of the study's trials have ended), and waits for them: a worker whose trial ends asks for
 the next one at once. The sweep's launcher says where they run:
 
 * ``basic`` and ``joblib``: W child processes on this machine (they end with the sweep, kill -9
