@@ -318,6 +318,25 @@ def _checkpoint_variants():
     ]
 
 
+def test_random_bytes_as_a_checkpoint_are_always_a_damaged_checkpoint(tmp_path):
+    """Random bytes read as an old-style pickle fail in many ways (an unknown opcode, a memo key
+    that is not there: ``KeyError: 248``); every one is the same one-line "damaged checkpoint"."""
+    import random
+    import warnings
+
+    from bnexp.core.errors import BnexpError
+    from bnexp.engine.checkpoint import load_checkpoint
+
+    rng, path = random.Random(0), tmp_path / "checkpoint.pt"
+    for size in (1, 2, 7, 64, 4000) * 40:
+        path.write_bytes(rng.randbytes(size))
+        with pytest.raises(BnexpError) as caught, warnings.catch_warnings():
+            warnings.simplefilter("error")  # and nothing else is printed
+            load_checkpoint(path)
+        message = str(caught.value)
+        assert "\n" not in message and ("damaged checkpoint" in message or "refused to load" in message), message
+
+
 @pytest.mark.parametrize("variant", range(6), ids=["rng", "model-list", "optimizer", "tensor", "passwd",
                                                    "negative-epoch"])
 def test_a_checkpoint_of_wrong_structure_is_one_line_and_changes_nothing(cli, trained, variant):

@@ -13,6 +13,7 @@ import errno
 import os
 import pickle
 import stat
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if not os.path.lexists(path):
         raise BnexpError(f"{path}: no checkpoint (the run stopped before its first epoch ended)")
     try:
-        with open_checkpoint(path) as handle:
+        with open_checkpoint(path) as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's protocol warning for a damaged file: noise
             raw: Any = torch.load(handle, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -93,6 +95,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
                          "bnexp checkpoint never does; it may have been tampered with") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BnexpError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    except BnexpError:  # open_checkpoint's own refusals (a link, not a regular file)
+        raise
+    except Exception as exc:  # random bytes read as an old-style pickle fail in many ways (KeyError: 248, ...)
+        reason = " ".join(str(exc).split())[:120]
+        raise BnexpError(f"{path}: damaged checkpoint ({type(exc).__name__}{': ' if reason else ''}{reason})") \
+            from None
     problem = structure_problem(raw)
     if problem:
         raise BnexpError(f"{path}: not a bnexp checkpoint ({problem})")
