@@ -574,6 +574,28 @@ def test_a_run_moved_away_while_training_stops_and_says_so(cli):
     assert "moved or deleted" in stderr.strip().splitlines()[-1]
 
 
+def test_a_run_moved_between_the_check_and_the_checkpoint_is_interrupted_not_failed(cli, monkeypatch):
+    """The move lands after the epoch's in-place check and before the checkpoint's write by path
+    (the window a loaded machine widens): the failed write is the move, not a failure."""
+    from bnexp.tracking import listeners
+
+    original, moved = listeners.Checkpointer.save, []
+
+    def save_after_a_move(self, loop):
+        if not moved:
+            moved.append(cli.out / ".trash" / "by-hand" / self.path.parent.name)
+            moved[0].parent.mkdir(parents=True)
+            os.rename(self.path.parent, moved[0])
+        return original(self, loop)
+
+    monkeypatch.setattr(listeners.Checkpointer, "save", save_after_a_move)
+    result = cli("train", *TINY, "epochs=2", "name=moved", check=False)
+    record = json.loads((moved[0] / "run.json").read_text())
+    assert result.returncode == 130 and record["status"] == "interrupted", (result, record)
+    assert "moved or deleted" in record["message"] and "moved or deleted" in result.stderr.strip().splitlines()[-1]
+    assert not list(cli.out.glob("runs/*-moved-*"))  # nothing recreated at the old path
+
+
 def _announced_port(process: subprocess.Popen, timeout: float = 120.0) -> int:
     """The port a ``bnexp tensorboard`` announces in its ``TensorBoard on N runs: URL`` line."""
     import re

@@ -105,11 +105,14 @@ def _run_loop(loop: TrainingState, listeners: Callbacks) -> Outcome:
     except KeyboardInterrupt:
         outcome = Outcome("interrupted", stop_message(loop))
     except BaseException as exc:
-        outcome = Outcome("failed", failure(loop, exc))
-        listeners.on_end(loop, outcome)
-        if isinstance(exc, (OSError, BnexpError)):  # a full disk, bad data: one line, the run says why
-            raise BnexpError(outcome.message + "".join(f"; {n}" for n in outcome.notes)) from exc
-        raise
+        if not (isinstance(exc, (OSError, BnexpError)) and loop.run is not None and loop.run.moved()):
+            outcome = Outcome("failed", failure(loop, exc))
+            listeners.on_end(loop, outcome)
+            if isinstance(exc, (OSError, BnexpError)):  # a full disk, bad data: one line, the run says why
+                raise BnexpError(outcome.message + "".join(f"; {n}" for n in outcome.notes)) from exc
+            raise
+        # a write by path (checkpoint, TensorBoard) failed because the run was moved after the check
+        outcome = Outcome("interrupted", str(RunMoved.at(loop.run.path.name, loop.progress.step)))
     listeners.on_end(loop, outcome)
     return outcome
 

@@ -39,6 +39,11 @@ from bnexp.store.safeio import naming, open_append, write_record
 class RunMoved(BnexpError):
     """The directory of a run being trained was moved or deleted (``bnexp rm --force``, by hand)."""
 
+    @classmethod
+    def at(cls, run_name: str, step: int) -> "RunMoved":
+        return cls(f"the directory of run {run_name} was moved or deleted while it trained (stopped at step "
+                   f"{step}; its record went with it)")
+
 
 class Run:
     """A run directory open for writing: holds its lock, its record, and appends its metrics.

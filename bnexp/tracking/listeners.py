@@ -42,8 +42,7 @@ class RunLog(Callback):
 
     def check_in_place(self, loop) -> None:
         if self.run.moved():
-            raise RunMoved(f"the directory of run {self.run.path.name} was moved or deleted while it trained "
-                           f"(stopped at step {loop.progress.step}; its record went with it)")
+            raise RunMoved.at(self.run.path.name, loop.progress.step)
 
     def update(self, loop) -> None:
         r = self.run.record
