@@ -150,7 +150,7 @@ def sweep(
         at_once = f", {p.workers} asynchronous worker{'s' if p.workers > 1 else ''}"
     what = f"{len(p.grid)} jobs" if p.kind == "grid" else f"Optuna search to {p.trials} trials ({p.sampler})"
     if session.worker:
-        what = f"worker (pid {os.getpid()}) of the Optuna search to {p.trials} completed trials ({p.sampler})"
+        what = f"worker (pid {os.getpid()}) of the Optuna search to {p.trials} trials ({p.sampler})"
     console.print(f"sweep [bold]{sweep_dir.name}[/bold]: {what}, launcher {p.launcher}{at_once}\n  {sweep_dir}",
                   highlight=False)
     try:
