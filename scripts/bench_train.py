@@ -592,7 +592,7 @@ def summary(checks: list[dict], batch_sizes: list[int], console) -> None:
             if check is None:
                 cells.append("-")
                 continue
-            overhead = "overhead" in label
+            overhead = "vs" not in label  # a share (overhead, cost), as the per-batch table shows it
             lo, hi = check["range"]
             text = (f"{check['value']:.1%} ({lo:.1%}..{hi:.1%})" if overhead
                     else f"{check['value']:.2f}x ({lo:.2f}..{hi:.2f})")
