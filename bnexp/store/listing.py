@@ -65,6 +65,13 @@ def with_labels(record: RunRecord, path: Path | str, present: Optional[bool] = N
     return record
 
 
+def _record_or_row(name: str, row_name: Optional[str] = None) -> property:
+    """A :class:`Summary` attribute: ``name`` of the full record once built, else ``row_name`` of
+    the index row (the same value, as the index stored it)."""
+    row_name = row_name or name
+    return property(lambda self: getattr(self._record, name) if self._record else getattr(self.row, row_name))
+
+
 class Summary:
     """One run of a listing: what sorting and counting need, from the index row while the run is
     unchanged; :meth:`record` builds (and checks) the full record only for runs that are shown."""
@@ -74,30 +81,13 @@ class Summary:
     def __init__(self, entry: Entry, row: Optional[RunRow], record: Optional[RunRecord] = None):
         self.entry, self.row, self._record, self._metrics = entry, row, record, None
 
-    # the attributes registry.SORTS reads
-    @property
-    def id(self) -> str:
-        return self._record.id if self._record else self.row.id
-
-    @property
-    def status(self) -> str:
-        return self._record.status if self._record else self.row.status
-
-    @property
-    def started(self) -> Optional[str]:
-        return self._record.started if self._record else self.row.started
-
-    @property
-    def duration_s(self) -> Optional[float]:
-        return self._record.duration_s if self._record else self.row.duration
-
-    @property
-    def model(self) -> Optional[str]:
-        return self._record.model if self._record else self.row.model
-
-    @property
-    def norm(self) -> Optional[str]:
-        return self._record.norm if self._record else self.row.norm
+    # the attributes registry.SORTS reads: the record's once it is built, else the index row's
+    id = _record_or_row("id")
+    status = _record_or_row("status")
+    started = _record_or_row("started")
+    duration_s = _record_or_row("duration_s", "duration")
+    model = _record_or_row("model")
+    norm = _record_or_row("norm")
 
     def metric(self, key: str) -> Optional[float]:
         if self._record:
